@@ -1,0 +1,1 @@
+"""The kit's MuJoCo scene files, installed as the package `smolvla_kit.sim_assets`."""
