@@ -1,0 +1,174 @@
+"""Record scripted-expert demonstrations in simulation as a LeRobot v3.0 dataset.
+
+    smolvla-kit collect --task pick_place --episodes 200 --out outputs/data/pick_place
+
+Episodes run in worker processes (one per core by default); the main process writes each finished episode to
+disk, in episode order, before it takes the next one, so a killed run keeps every episode it finished. Running
+the same command again resumes: the writer drops any half-written episode and numbering continues.
+
+Seeds: episode k is recorded from seed `seed + 1000 * k + r`, where r counts the expert's failed attempts at that
+episode (failed attempts are not recorded). The sequence depends only on k, so a resumed run records exactly what
+an uninterrupted one would have. Evaluation draws its seeds from `HELD_OUT_SEED_START` upwards, a range training
+data never reaches (fewer than 10,000 episodes).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELD_OUT_SEED_START = 10_000_000
+SEEDS_PER_EPISODE = 1000
+
+
+@dataclass
+class CollectConfig:
+    """Settings of a demonstration recording."""
+
+    out: Path = Path("outputs/data/pick_place")
+    """Dataset folder (created, or resumed when it already holds a dataset)."""
+    task: str = "pick_place"
+    """Simulator task: "reach" or "pick_place"."""
+    episodes: int = 100
+    """Episodes the dataset should hold when done (a resumed run records only the missing ones)."""
+    image_size: int = 128
+    """Camera images are image_size x image_size."""
+    num_cubes: int | None = None
+    """Cubes on the table (task default when None)."""
+    noise_deg: float = 2.0
+    """Expert noise injection (degrees); the recorded action stays the clean one, so data shows recoveries."""
+    randomize: bool = False
+    """Domain randomisation of light, colours, table and front camera."""
+    seed: int = 0
+    """Base of the seed sequence (see the module docstring)."""
+    workers: int = 0
+    """Worker processes; 0 = one per CPU core."""
+    max_attempts: int = 20
+    """Give up on an episode after this many failed expert attempts."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class EpisodeRecording:
+    """One expert episode, as a worker returns it."""
+
+    index: int
+    seed: int
+    task: str
+    states: np.ndarray  # (T, 6) float32
+    actions: np.ndarray  # (T, 6) float32, the expert's clean command at each frame
+    images: dict[str, np.ndarray]  # camera key -> (T, H, W, 3) uint8
+    attempts: int
+
+
+_worker_env: Any = None
+_worker_cfg: CollectConfig | None = None
+
+
+def _init_worker(cfg: CollectConfig) -> None:
+    global _worker_env, _worker_cfg
+    from smolvla_kit.sim import Randomization, SO101Env
+
+    _worker_cfg = cfg
+    _worker_env = SO101Env(
+        task=cfg.task,
+        image_size=cfg.image_size,
+        num_cubes=cfg.num_cubes,
+        randomization=Randomization.all() if cfg.randomize else None,
+    )
+
+
+def record_episode(env: Any, seed: int, noise_deg: float) -> tuple[dict[str, Any], bool]:
+    """Run the scripted expert for one episode from `seed`; returns the frames and whether it succeeded."""
+    from smolvla_kit.sim import ScriptedExpert
+
+    expert = ScriptedExpert(env, noise_deg=noise_deg, seed=seed)
+    obs, info = env.reset(seed=seed)
+    image_keys = [k for k in obs if k.startswith("observation.images.")]
+    states, actions, images = [], [], {k: [] for k in image_keys}
+    while True:
+        step = expert.act()
+        states.append(obs["observation.state"])
+        actions.append(step.label.astype(np.float32))
+        for key in image_keys:
+            images[key].append(obs[key])
+        obs, _, done, truncated, info = env.step(step.command)
+        if done or truncated:
+            break
+    frames = {
+        "task": info["task"],
+        "states": np.stack(states).astype(np.float32),
+        "actions": np.stack(actions),
+        "images": {k: np.stack(v) for k, v in images.items()},
+    }
+    return frames, bool(info["is_success"])
+
+
+def _run_episode(index: int) -> EpisodeRecording | None:
+    cfg = _worker_cfg
+    assert cfg is not None and _worker_env is not None
+    for attempt in range(cfg.max_attempts):
+        seed = cfg.seed + SEEDS_PER_EPISODE * index + attempt
+        frames, success = record_episode(_worker_env, seed, cfg.noise_deg)
+        if success:
+            return EpisodeRecording(
+                index=index,
+                seed=seed,
+                task=frames["task"],
+                states=frames["states"],
+                actions=frames["actions"],
+                images=frames["images"],
+                attempts=attempt + 1,
+            )
+    return None
+
+
+def collect(cfg: CollectConfig) -> dict[str, Any]:
+    """Record until the dataset at `cfg.out` holds `cfg.episodes` episodes. Returns a summary."""
+    from tqdm.auto import tqdm
+
+    from smolvla_kit.data import LeRobotDatasetWriter, so101_features
+
+    features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
+    writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
+    start = writer.num_episodes
+    todo = list(range(start, cfg.episodes))
+    summary: dict[str, Any] = {"dataset": str(cfg.out), "resumed_at": start, "recorded": 0, "failed_attempts": 0}
+    workers = cfg.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo) or 1))
+    try:
+        if todo:
+            ctx = mp.get_context("spawn")  # fresh interpreters: no inherited OpenGL contexts or torch threads
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool, tqdm(
+                total=cfg.episodes, initial=start, desc=f"collect {cfg.task}", unit="ep", disable=not cfg.progress
+            ) as bar:
+                for rec in pool.imap(_run_episode, todo, chunksize=1):
+                    if rec is None:
+                        raise RuntimeError(
+                            f"The scripted expert failed {cfg.max_attempts} times in a row on one episode; "
+                            f"the task settings (task={cfg.task}, num_cubes={cfg.num_cubes}) may be unsolvable."
+                        )
+                    for t in range(len(rec.actions)):
+                        frame = {"observation.state": rec.states[t], "action": rec.actions[t], "task": rec.task}
+                        for key, frames in rec.images.items():
+                            frame[key] = frames[t]
+                        writer.add_frame(frame)
+                    writer.save_episode()
+                    summary["recorded"] += 1
+                    summary["failed_attempts"] += rec.attempts - 1
+                    bar.update(1)
+                    bar.set_postfix(frames=writer.num_frames)
+    finally:
+        writer.finalize()
+    summary["episodes"] = writer.num_episodes
+    summary["frames"] = writer.num_frames
+    return summary
+
+
+__all__ = ["CollectConfig", "EpisodeRecording", "HELD_OUT_SEED_START", "collect", "record_episode"]

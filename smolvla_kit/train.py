@@ -1,0 +1,363 @@
+"""Train a SmolVLA policy on a LeRobot dataset (the simulator's or a real SO-101's).
+
+    smolvla-kit train --dataset outputs/data/pick_place --out outputs/train/nano --steps 3000
+
+What happens, step by step:
+
+1. The dataset is checked against the policy (state and action sizes, an explicit camera map) and its
+   mean/std statistics are read from `meta/stats.json` into the policy, which normalises inside itself.
+2. AdamW with linear warm-up then cosine decay, gradient clipping, on CUDA or MPS when present and otherwise
+   `torch.set_num_threads(cores - 1)` on the CPU.
+3. Every `save_every` steps a checkpoint goes to `out/checkpoints/step_XXXXXX/` (safetensors + JSON, written to a
+   temporary folder and renamed, so a kill never leaves half a checkpoint) and `out/checkpoints/last` names it.
+4. Running the same command again resumes exactly: weights, optimiser moments, the schedule and every random
+   draw continue as if the run had never stopped (each step's batch and noise derive from the seed and the step).
+5. `out/loss.csv` gets a row per logged step; `out/loss.png` is redrawn at each checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run."""
+
+    dataset: Path = Path("outputs/data/pick_place")
+    """LeRobot dataset folder (v3.0 or v2.1)."""
+    out: Path = Path("outputs/train/nano")
+    """Run folder: checkpoints, loss log and plot. Re-running with the same folder resumes."""
+    preset: str = "nano"
+    """Policy preset: "nano" (trains from scratch on a CPU) or "base" (smolvla_base's shape)."""
+    init_from: str | None = None
+    """Start from these weights (a kit checkpoint, a LeRobot SmolVLA folder or a Hub id) instead of a preset."""
+    steps: int = 3000
+    """Optimiser steps."""
+    batch_size: int = 32
+    lr: float | None = None
+    """Peak learning rate (the preset's when None)."""
+    warmup_steps: int | None = None
+    """Linear warm-up (the preset's, capped at a tenth of `steps`, when None)."""
+    min_lr_ratio: float = 0.025
+    """Cosine decay ends at this fraction of the peak (SmolVLA: 2.5e-6 / 1e-4)."""
+    grad_clip: float = 10.0
+    save_every: int = 500
+    log_every: int = 25
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) once training has run this long; None = no limit."""
+    seed: int = 0
+    num_threads: int = 0
+    """CPU threads for torch; 0 = cores - 1 (at least 1)."""
+    device: str = "auto"
+    """"auto" picks CUDA, then MPS, then the CPU."""
+    camera_map: dict[str, str] | None = None
+    """Policy camera key -> dataset camera key; None = the same names."""
+    episodes: list[int] | None = None
+    """Train on these episodes only (default: all)."""
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra SmolVLAConfig fields for a fresh preset (e.g. {"n_action_steps": 25})."""
+    progress: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def dataset_stats(reader: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Mean/std of state and action from the dataset's `meta/stats.json` (a clear error naming it if missing)."""
+    stats = reader.meta.require_stats(["observation.state", "action"])
+    return {
+        key: {"mean": np.asarray(stats[key]["mean"], np.float32), "std": np.asarray(stats[key]["std"], np.float32)}
+        for key in ("observation.state", "action")
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split the optimiser state into tensors (for safetensors) and plain values (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, state in sd["state"].items():
+        plain["state"][str(pid)] = {}
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain["state"][str(pid)][name] = value
+    return tensors, plain
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(values) for pid, values in plain["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def save_checkpoint(run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
+    """Write `run/checkpoints/step_<step>/` atomically and point `run/checkpoints/last` at it."""
+    from safetensors.torch import save_file
+
+    root = run / CHECKPOINTS
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tensors, plain = _optimizer_tensors(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "training_state.safetensors"))
+    (tmp / "training_state.json").write_text(
+        json.dumps({"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg))}, indent=1)
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / f".{LAST}.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / LAST)
+    return final
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The checkpoint `run/checkpoints/last` names, if any."""
+    pointer = Path(run) / CHECKPOINTS / LAST
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "training_state.json").exists():
+        raise FileNotFoundError(
+            f"{pointer} names {path.name}, which is missing or incomplete. Delete {pointer} to start over, or point "
+            f"it at another folder in {pointer.parent}."
+        )
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor:
+    """The samples of one step: a function of (seed, step) alone, so a resumed run draws the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n, (batch_size,), generator=g)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {}
+    for key, value in items[0].items():
+        if torch.is_tensor(value):
+            batch[key] = torch.stack([it[key] for it in items])
+        else:
+            batch[key] = [it[key] for it in items]
+    return batch
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the final checkpoint path."""
+    from tqdm.auto import tqdm
+
+    from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
+    from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 2) - 1))
+
+    reader = LeRobotDatasetReader(cfg.dataset)
+    resume_from = latest_checkpoint(run)
+    if resume_from is not None:
+        policy = SmolVLAPolicy.from_pretrained(resume_from)
+    elif cfg.init_from:
+        policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **cfg.policy_overrides)
+    else:
+        policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **cfg.policy_overrides))
+    pcfg = policy.config
+    camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
+    if resume_from is None:
+        policy.normalizer.set_stats(dataset_stats(reader))
+    policy.to(device)
+    policy.train()
+
+    data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
+                        policy_camera_keys=pcfg.image_keys)
+    data.preload()
+
+    peak = cfg.lr or pcfg.optimizer_lr
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(pcfg.scheduler_warmup_steps, cfg.steps // 10)
+    warmup = max(1, warmup)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=peak, betas=pcfg.optimizer_betas, eps=pcfg.optimizer_eps,
+        weight_decay=pcfg.optimizer_weight_decay,
+    )
+    start = 0
+    if resume_from is not None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(resume_from / "training_state.safetensors"))
+        state = json.loads((resume_from / "training_state.json").read_text())
+        _load_optimizer(optimizer, tensors, state["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        start = int(state["step"])
+
+    log_path = run / "loss.csv"
+    _truncate_log(log_path, start)
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "lr", "grad_norm", "elapsed_s", "steps_per_s"])
+    elapsed_before = _elapsed_at(log_path, start)
+
+    t0 = time.perf_counter()
+    step = start
+    last_saved = start
+    recent: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
+    try:
+        while step < cfg.steps:
+            if cfg.max_minutes is not None and elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes:
+                break
+            lr = lr_at(step, peak, warmup, cfg.steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = _collate([data[int(i)] for i in _batch_indices(cfg.seed, step, len(data), cfg.batch_size)])
+            torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
+            loss, _ = policy(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The loss became {loss.item()} at step {step}. The last checkpoint "
+                    f"({latest_checkpoint(run)}) is intact; lower --lr and resume."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            recent.append(loss.item())
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = elapsed_before + time.perf_counter() - t0
+                rate = (step - start) / max(1e-9, time.perf_counter() - t0)
+                writer.writerow([step, f"{np.mean(recent):.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}",
+                                 f"{elapsed:.2f}", f"{rate:.3f}"])
+                log_file.flush()
+                bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
+                recent = []
+            if step % cfg.save_every == 0:
+                save_checkpoint(run, step, policy, optimizer, cfg)
+                last_saved = step
+                plot_loss(log_path, run / "loss.png")
+    finally:
+        bar.close()
+        log_file.close()
+    if step != last_saved:
+        save_checkpoint(run, step, policy, optimizer, cfg)
+    plot_loss(log_path, run / "loss.png")
+    return {
+        "checkpoint": str(latest_checkpoint(run)),
+        "steps": step,
+        "resumed_from": start,
+        "train_seconds": elapsed_before + time.perf_counter() - t0,
+        "loss_log": str(log_path),
+    }
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a run resumes from (they will be logged again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
+def _elapsed_at(path: Path, step: int) -> float:
+    """Training seconds already spent up to `step`, from the log (0 for a fresh run)."""
+    if not path.exists() or step == 0:
+        return 0.0
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    return float(rows[-1]["elapsed_s"]) if rows else 0.0
+
+
+def read_loss_log(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0].keys() if rows else [])}
+
+
+def plot_loss(log_path: Path, out: Path) -> Path | None:
+    """Draw the loss curve of a run to a PNG."""
+    if not log_path.exists():
+        return None
+    log = read_loss_log(log_path)
+    if not log or len(log.get("step", [])) == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(log["step"], log["loss"])
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["TrainConfig", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train"]
