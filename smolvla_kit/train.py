@@ -47,7 +47,9 @@ class TrainConfig:
     init_from: str | None = None
     """Start from these weights (a kit checkpoint, a LeRobot SmolVLA folder or a Hub id) instead of a preset."""
     steps: int = 3000
-    """Optimiser steps."""
+    """Optimiser steps (the length of the learning-rate schedule)."""
+    stop_at: int | None = None
+    """Pause after this step (with a checkpoint); re-running without it continues the same schedule."""
     batch_size: int = 32
     lr: float | None = None
     """Peak learning rate (the preset's when None)."""
@@ -129,8 +131,14 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
 
 
-def save_checkpoint(run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Path:
-    """Write `run/checkpoints/step_<step>/` atomically and point `run/checkpoints/last` at it."""
+def save_checkpoint(
+    run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig, dataset: dict[str, Any]
+) -> Path:
+    """Write `run/checkpoints/step_<step>/` atomically and point `run/checkpoints/last` at it.
+
+    `dataset` records what the policy was trained on (folder, fps, camera image sizes), so evaluation can render
+    the simulator's cameras at the same size.
+    """
     from safetensors.torch import save_file
 
     root = run / CHECKPOINTS
@@ -142,7 +150,9 @@ def save_checkpoint(run: Path, step: int, policy: Any, optimizer: torch.optim.Op
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "training_state.safetensors"))
     (tmp / "training_state.json").write_text(
-        json.dumps({"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg))}, indent=1)
+        json.dumps(
+            {"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg)), "dataset": dataset}, indent=1
+        )
     )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -216,6 +226,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif cfg.init_from:
         policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **cfg.policy_overrides)
     else:
+        torch.manual_seed(cfg.seed)  # the initial weights
         policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **cfg.policy_overrides))
     pcfg = policy.config
     camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
@@ -227,6 +238,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
                         policy_camera_keys=pcfg.image_keys)
     data.preload()
+    dataset_info = {
+        "root": str(reader.meta.root),
+        "fps": reader.meta.fps,
+        "camera_shapes": {p: list(reader.meta.shape(d)) for p, d in camera_map.items()},
+    }
 
     peak = cfg.lr or pcfg.optimizer_lr
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(pcfg.scheduler_warmup_steps, cfg.steps // 10)
@@ -260,7 +276,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     recent: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
     try:
-        while step < cfg.steps:
+        while step < min(cfg.steps, cfg.stop_at or cfg.steps):
             if cfg.max_minutes is not None and elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 break
             lr = lr_at(step, peak, warmup, cfg.steps, cfg.min_lr_ratio)
@@ -290,14 +306,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
                 recent = []
             if step % cfg.save_every == 0:
-                save_checkpoint(run, step, policy, optimizer, cfg)
+                save_checkpoint(run, step, policy, optimizer, cfg, dataset_info)
                 last_saved = step
                 plot_loss(log_path, run / "loss.png")
     finally:
         bar.close()
         log_file.close()
     if step != last_saved:
-        save_checkpoint(run, step, policy, optimizer, cfg)
+        save_checkpoint(run, step, policy, optimizer, cfg, dataset_info)
     plot_loss(log_path, run / "loss.png")
     return {
         "checkpoint": str(latest_checkpoint(run)),
@@ -338,26 +354,14 @@ def read_loss_log(path: Path) -> dict[str, np.ndarray]:
 
 def plot_loss(log_path: Path, out: Path) -> Path | None:
     """Draw the loss curve of a run to a PNG."""
+    from smolvla_kit.viz import plot_loss_curve, save_figure
+
     if not log_path.exists():
         return None
     log = read_loss_log(log_path)
-    if not log or len(log.get("step", [])) == 0:
+    if len(log.get("step", [])) == 0:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(log["step"], log["loss"])
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(plot_loss_curve(log["step"], log["loss"]), out)
 
 
 __all__ = ["TrainConfig", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train"]

@@ -1,0 +1,172 @@
+"""The `smolvla-kit` command: each sub-command is one settings dataclass turned into flags.
+
+    smolvla-kit demo [--quick]          collect -> train -> evaluate -> report
+    smolvla-kit collect --episodes 200  record scripted demonstrations (LeRobot v3.0)
+    smolvla-kit train --dataset DIR     train a policy (resumes when re-run)
+    smolvla-kit eval --checkpoint DIR   success rate on held-out seeds, videos, denoising traces
+    smolvla-kit virtual-arm             a simulated SO-101 on a pseudo-terminal that speaks the Feetech protocol
+    smolvla-kit calibrate --port PORT   calibrate a real arm (writes LeRobot's calibration JSON)
+
+A flag's help text is the docstring written under the dataclass field it sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass (its documentation)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _parser_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
+    """(converter, is_bool) for a field annotation; JSON for lists and dicts."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _parser_type(args[0])
+    if annotation is bool:
+        return None, True
+    if annotation in (int, float, str):
+        return annotation, False
+    if annotation is Path:
+        return Path, False
+    return json.loads, False
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--flag` per dataclass field (snake_case -> kebab-case), defaults and help from the class."""
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        convert, is_bool = _parser_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = docs.get(f.name, "")
+        if is_bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            shown = json.dumps(default) if isinstance(default, (list, dict)) else default
+            parser.add_argument(flag, dest=f.name, type=convert, default=default,
+                                help=f"{help_text} (default: {shown})".strip())
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(fixed)
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from smolvla_kit.collect import CollectConfig, collect
+
+    summary = collect(dataclass_from_args(CollectConfig, args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from smolvla_kit.train import TrainConfig, train
+
+    summary = train(dataclass_from_args(TrainConfig, args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from smolvla_kit.evaluate import EvalConfig, evaluate, format_table
+
+    summary = evaluate(dataclass_from_args(EvalConfig, args))
+    print(format_table(summary))
+    print(f"results in {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from smolvla_kit.demo import DemoConfig, run_demo
+
+    report = run_demo(dataclass_from_args(DemoConfig, args))
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_virtual_arm(argv: list[str]) -> int:
+    from smolvla_kit.robot.virtual_arm import run_virtual_arm
+
+    return int(run_virtual_arm(argv) or 0)
+
+
+def _cmd_calibrate(argv: list[str]) -> int:
+    from smolvla_kit.robot.so101 import run_calibrate
+
+    return int(run_calibrate(argv) or 0)
+
+
+# Commands with parsers of their own, in the modules that implement them.
+_PASSTHROUGH = {"virtual-arm": _cmd_virtual_arm, "calibrate": _cmd_calibrate}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from smolvla_kit.collect import CollectConfig
+    from smolvla_kit.demo import DemoConfig
+    from smolvla_kit.evaluate import EvalConfig
+    from smolvla_kit.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="smolvla-kit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cls, func, help_text in (
+        ("demo", DemoConfig, _cmd_demo, "collect -> train nano -> evaluate -> report"),
+        ("collect", CollectConfig, _cmd_collect, "record scripted demonstrations as a LeRobot v3.0 dataset"),
+        ("train", TrainConfig, _cmd_train, "train a policy on a LeRobot dataset (re-run to resume)"),
+        ("eval", EvalConfig, _cmd_eval, "evaluate a checkpoint in simulation on held-out seeds"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text))
+        add_dataclass_arguments(p, cls)
+        p.set_defaults(func=func)
+    sub.add_parser("virtual-arm", help="a simulated SO-101 behind a pseudo-terminal (see its --help)", add_help=False)
+    sub.add_parser("calibrate", help="calibrate a real SO-101 follower, LeRobot-compatible (see its --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything finished before this point is saved; re-run the command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Evaluate a trained policy in simulation on held-out seeds: success per instruction, videos, denoising traces.
+
+    smolvla-kit eval --checkpoint outputs/train/nano/checkpoints/last --task pick_place --episodes 20
+
+Seeds start at `HELD_OUT_SEED_START`, a range the training data never reaches. Each seed's scene is played once
+per cube colour, the instruction naming that colour, so the table shows whether the policy follows the words:
+`success` counts the named cube in the bin, `wrong_cube` counts another cube there instead.
+
+Outputs in `--out`: `eval.json` (every episode and the summary), `rollout_XX.mp4` (front | wrist side by side),
+and `denoising.safetensors` (the x_t of every Euler step of the first chunk of a few episodes, with the
+observation they came from, for the notebooks' plots).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smolvla_kit.collect import HELD_OUT_SEED_START
+
+
+@dataclass
+class EvalConfig:
+    """Settings of an evaluation."""
+
+    checkpoint: Path = Path("outputs/train/nano/checkpoints/last")
+    """A kit checkpoint folder, or a run's `checkpoints/last` pointer file."""
+    out: Path = Path("outputs/eval")
+    task: str = "pick_place"
+    episodes: int = 20
+    """Scenes (seeds); each is played once per colour on the table."""
+    seed_start: int = HELD_OUT_SEED_START
+    num_cubes: int | None = None
+    max_steps: int | None = None
+    """Episode limit (the task's default when None)."""
+    videos: int = 2
+    """Rollouts saved as mp4."""
+    trajectories: int = 3
+    """Episodes whose first chunk's denoising is saved."""
+    n_action_steps: int | None = None
+    """Actions executed per chunk (the policy's setting when None)."""
+    num_threads: int = 0
+    progress: bool = True
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from a folder or from a `checkpoints/last` pointer file."""
+    path = Path(path)
+    if path.is_file() and path.name == "last":
+        path = path.parent / path.read_text().strip()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "
+            f"outputs/train/nano/checkpoints/step_003000, or the run's checkpoints/last file."
+        )
+    return path
+
+
+def run_episode(
+    policy: Any,
+    env: Any,
+    seed: int,
+    target_color: str,
+    record_video: bool = False,
+    record_denoising: bool = False,
+) -> dict[str, Any]:
+    """Play one episode with the policy; return the outcome (and frames / denoising if asked)."""
+    obs, info = env.reset(seed=seed, options={"target_color": target_color})
+    policy.reset()
+    frames: list[np.ndarray] = []
+    denoising = None
+    steps = 0
+    while True:
+        if record_video:
+            frames.append(np.concatenate([obs[k] for k in obs if k.startswith("observation.images.")], axis=1))
+        if record_denoising and denoising is None:
+            chunk, trajectory = policy.predict_chunk(obs, return_trajectory=True)
+            denoising = {
+                "trajectory": trajectory[:, 0].cpu(),  # (num_steps + 1, chunk, A)
+                "state": torch.as_tensor(obs["observation.state"]),
+                **{k: torch.as_tensor(v) for k, v in obs.items() if k.startswith("observation.images.")},
+            }
+        action = policy.select_action(obs)[0].cpu().numpy()  # (A,)
+        obs, _, done, truncated, info = env.step(action)
+        steps += 1
+        if done or truncated:
+            break
+    others = [c for c in env.colors if c != target_color]
+    result = {
+        "seed": seed,
+        "target_color": target_color,
+        "task": info["task"],
+        "success": bool(info["is_success"]),
+        "wrong_cube": any(env.is_success(c) for c in others) if env.task_name == "pick_place" else False,
+        "steps": steps,
+        "seconds": steps / 30.0,
+    }
+    if record_video:
+        result["frames"] = frames
+    if denoising is not None:
+        result["denoising"] = denoising
+    return result
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation; writes the outputs and returns the summary."""
+    import os
+
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from smolvla_kit.data import encode_frames
+    from smolvla_kit.policy import SmolVLAPolicy
+    from smolvla_kit.sim import SO101Env
+
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 2) - 1))
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    overrides = {"n_action_steps": cfg.n_action_steps} if cfg.n_action_steps else {}
+    policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
+    policy.eval()
+    cameras = tuple(k.rsplit(".", 1)[-1] for k in policy.config.image_keys)
+    image_size = _dataset_image_size(checkpoint) or policy.config.image_size
+    env = SO101Env(task=cfg.task, image_size=image_size, cameras=cameras, num_cubes=cfg.num_cubes,
+                   max_episode_steps=cfg.max_steps)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    episodes: list[dict[str, Any]] = []
+    denoising: dict[str, torch.Tensor] = {}
+    total = cfg.episodes * len(env.colors)
+    with tqdm(total=total, desc=f"eval {cfg.task}", unit="ep", disable=not cfg.progress) as bar:
+        for i in range(cfg.episodes):
+            seed = cfg.seed_start + i
+            for color in env.colors:
+                n = len(episodes)
+                result = run_episode(policy, env, seed, color, record_video=n < cfg.videos,
+                                     record_denoising=n < cfg.trajectories)
+                if "frames" in result:
+                    path = out / f"rollout_{n:02d}.mp4"
+                    encode_frames(path, np.stack(result.pop("frames")), fps=30)
+                    result["video"] = path.name
+                if "denoising" in result:
+                    for key, value in result.pop("denoising").items():
+                        denoising[f"episode_{n:02d}/{key}"] = value.contiguous()
+                episodes.append(result)
+                bar.update(1)
+                bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
+    env.close()
+    if denoising:
+        save_file(denoising, str(out / "denoising.safetensors"))
+
+    summary = summarize(episodes)
+    summary.update({"checkpoint": str(checkpoint), "task": cfg.task, "seed_start": cfg.seed_start})
+    (out / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}, indent=1))
+    return summary
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success overall and per instruction, wrong-cube rate, mean time of successful episodes."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for e in episodes:
+        by_task.setdefault(e["task"], []).append(e)
+    rows = [
+        {
+            "task": task,
+            "episodes": len(eps),
+            "success_rate": float(np.mean([e["success"] for e in eps])),
+            "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in eps])),
+        }
+        for task, eps in sorted(by_task.items())
+    ]
+    wins = [e["seconds"] for e in episodes if e["success"]]
+    return {
+        "episodes": len(episodes),
+        "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else 0.0,
+        "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in episodes])) if episodes else 0.0,
+        "mean_success_seconds": float(np.mean(wins)) if wins else None,
+        "per_instruction": rows,
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The per-instruction results as a markdown table."""
+    lines = ["| instruction | episodes | success | wrong cube |", "|---|---|---|---|"]
+    for row in summary["per_instruction"]:
+        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.0%} | {row['wrong_cube_rate']:.0%} |")
+    lines.append(f"| **all** | {summary['episodes']} | **{summary['success_rate']:.0%}** | {summary['wrong_cube_rate']:.0%} |")
+    return "\n".join(lines)
+
+
+def _dataset_image_size(checkpoint: Path) -> int | None:
+    """The camera image size the policy was trained on, as the training run recorded it."""
+    state = checkpoint / "training_state.json"
+    if not state.exists():
+        return None
+    shapes = json.loads(state.read_text()).get("dataset", {}).get("camera_shapes", {})
+    return int(next(iter(shapes.values()))[0]) if shapes else None
+
+
+__all__ = ["EvalConfig", "evaluate", "format_table", "resolve_checkpoint", "run_episode", "summarize"]
