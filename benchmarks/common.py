@@ -51,8 +51,15 @@ def write_results(name: str, results: Any, **extra: Any) -> Path:
         "results": results,
     }
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=_builtin) + "\n")
     return path
+
+
+def _builtin(value: Any) -> Any:
+    """numpy scalars and arrays as plain numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -17,10 +17,6 @@ Prints a table and writes benchmarks/results/dataset_speed.json.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,7 +28,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import write_results  # noqa: E402
 from smolvla_kit.data import (  # noqa: E402
     ChunkDataset,
     LeRobotDatasetReader,
@@ -220,31 +218,16 @@ def main() -> None:
         f"  commit cost: save_episode {growth['save_ms_first_10']:.1f} ms at the start, {growth['save_ms_last_10']:.1f} ms after {growth['episodes']} episodes (16x16, 2 frames)"
     )
     print("  one-frame seek in a 10 s clip: " + ", ".join(f"{k} {v:.1f} ms" for k, v in seek.items()))
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import av
 
-    result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python benchmarks/dataset_speed.py",
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "av": av.__version__,
-            "python": platform.python_version(),
-        },
-        "setup": {"episodes": EPISODES, "length": LENGTH, "cameras": 2, "size": SIZE, "fps": FPS, "chunk_size": 50},
-        "runs": runs,
-        "commit_growth": growth,
-        "seek_ms": seek,
-    }
-    out = REPO / "benchmarks" / "results" / "dataset_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results(
+        "dataset_speed",
+        runs,
+        av=av.__version__,
+        setup={"episodes": EPISODES, "length": LENGTH, "cameras": 2, "size": SIZE, "fps": FPS, "chunk_size": 50},
+        commit_growth=growth,
+        seek_ms=seek,
+    )
     print(f"wrote {out}")
 
 

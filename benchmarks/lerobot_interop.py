@@ -19,10 +19,6 @@ Prints a table and writes benchmarks/results/lerobot_interop.json.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,8 +29,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import lerobot  # noqa: E402
+from common import write_results  # noqa: E402
 import torch  # noqa: E402
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 
@@ -248,28 +246,12 @@ def main() -> None:
     print(
         f"kit reads the episode LeRobot appended to a kit dataset: MAE {a['kit_reads_lerobot_appended_episode']['frame_mae_vs_original']:.2f}"
     )
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python benchmarks/lerobot_interop.py  (in a venv with lerobot[dataset]==0.6.1)",
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "lerobot": lerobot.__version__,
-        "note": "MAE in grey levels (0..255); 'vs other' = LeRobot's decode vs the kit's decode of the same file",
-        "kit_to_lerobot": a,
-        "lerobot_to_kit": b,
-    }
-    out = REPO / "benchmarks" / "results" / "lerobot_interop.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    out = write_results(
+        "lerobot_interop",
+        {"kit_to_lerobot": a, "lerobot_to_kit": b},
+        lerobot=lerobot.__version__,
+        note="MAE in grey levels (0..255); 'vs other' = LeRobot's decode vs the kit's decode of the same file",
+    )
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@
     smolvla-kit eval --checkpoint DIR   success rate on held-out seeds, videos, denoising traces
     smolvla-kit virtual-arm             a simulated SO-101 on a pseudo-terminal that speaks the Feetech protocol
     smolvla-kit calibrate --port PORT   calibrate a real arm (writes LeRobot's calibration JSON)
+    smolvla-kit data info|check|recompute-stats|repair ROOT   look after a dataset
 
 A flag's help text is the docstring written under the dataclass field it sets.
 """
@@ -127,8 +128,14 @@ def _cmd_calibrate(argv: list[str]) -> int:
     return int(run_calibrate(argv) or 0)
 
 
+def _cmd_data(argv: list[str]) -> int:
+    from smolvla_kit.data.__main__ import main as data_main
+
+    return int(data_main(argv) or 0)
+
+
 # Commands with parsers of their own, in the modules that implement them.
-_PASSTHROUGH = {"virtual-arm": _cmd_virtual_arm, "calibrate": _cmd_calibrate}
+_PASSTHROUGH = {"virtual-arm": _cmd_virtual_arm, "calibrate": _cmd_calibrate, "data": _cmd_data}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     sub.add_parser("virtual-arm", help="a simulated SO-101 behind a pseudo-terminal (see its --help)", add_help=False)
     sub.add_parser("calibrate", help="calibrate a real SO-101 follower, LeRobot-compatible (see its --help)",
+                   add_help=False)
+    sub.add_parser("data", help="dataset maintenance: info, check, recompute-stats, repair (see its --help)",
                    add_help=False)
     return parser
 

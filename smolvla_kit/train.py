@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -206,8 +206,12 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary with the final checkpoint path."""
+def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the final checkpoint path.
+
+    `on_log`, if given, receives each logged row (step, loss, lr, grad_norm, elapsed_s, steps_per_s), e.g. to
+    redraw a live plot in a notebook.
+    """
     from tqdm.auto import tqdm
 
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
@@ -300,9 +304,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = elapsed_before + time.perf_counter() - t0
                 rate = (step - start) / max(1e-9, time.perf_counter() - t0)
-                writer.writerow([step, f"{np.mean(recent):.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}",
+                row = {"step": step, "loss": float(np.mean(recent)), "lr": lr, "grad_norm": float(grad_norm),
+                       "elapsed_s": elapsed, "steps_per_s": rate}
+                writer.writerow([step, f"{row['loss']:.6f}", f"{lr:.3e}", f"{row['grad_norm']:.4f}",
                                  f"{elapsed:.2f}", f"{rate:.3f}"])
                 log_file.flush()
+                if on_log is not None:
+                    on_log(row)
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
                 recent = []
             if step % cfg.save_every == 0:

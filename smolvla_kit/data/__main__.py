@@ -15,7 +15,7 @@ from .layout import DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smolvla_kit.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="smolvla-kit data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("info", "summarise a dataset"),

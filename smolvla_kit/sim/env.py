@@ -96,6 +96,7 @@ class Layout:
     cube_x: tuple[float, float] = (0.15, 0.26)
     cube_y: tuple[float, float] = (-0.14, 0.08)
     min_cube_spacing: float = 0.06
+    cube_yaw_deg: float = 20.0
     bin_center: tuple[float, float] = (0.14, 0.20)
     bin_jitter: float = 0.015
     home_jitter_deg: float = 3.0
@@ -219,7 +220,7 @@ class SO101Env(gym.Env):
             ]
         for color, xy in zip(self.colors, self._sample_cube_positions(rng)):
             adr = self._cube_qpos[color]
-            yaw = rng.uniform(-np.pi / 4, np.pi / 4)
+            yaw = np.radians(rng.uniform(-1, 1) * self.layout.cube_yaw_deg)
             d.qpos[adr : adr + 3] = [xy[0], xy[1], CUBE_HALF_SIZE]
             d.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
 

@@ -270,25 +270,20 @@ class ScriptedExpert:
         return cube + np.array([0.0, 0.0, 0.05]), GRIPPER_OPEN
 
     def _jaw_direction(self) -> np.ndarray:
-        """Horizontal direction for the jaws to close along: square to the cube's faces, nearest the present one.
+        """Horizontal direction for the jaws to close along, frozen from the descent on (no spinning while held).
 
-        The choice is frozen from the descent on, so the jaws do not spin while holding the cube.
+        With the wrist roll at zero the jaws close towards the base (fixed jaw inside, moving jaw outside). Of the
+        cube's four face directions the expert takes the one nearest to that, so the wrist turns at most 45
+        degrees and the roll varies smoothly with the cube's yaw - easy for a policy to imitate.
         """
-        if self._close_dir is not None and self.phase not in ("approach",):
+        if self._close_dir is not None and self.phase != "approach":
             return self._close_dir
+        inward = -np.array([self._reference[0], self._reference[1], 0.0])
+        inward /= np.linalg.norm(inward)
         yaw = self.env.cube_yaw()
-        d = self.ik.data
-        d.qpos[:5] = self._q_ik
-        mujoco.mj_kinematics(self.ik.model, d)
-        current = d.site_xmat[self.ik.site].reshape(3, 3) @ self.ik.close_axis_site
-        current[2] = 0.0
-        candidates = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2), 0.0]) for k in range(4)]
-        # Prefer the face direction nearest to the radial one (a natural wrist), then nearest to the present.
-        radial = np.array([-np.sin(np.arctan2(self._reference[1], self._reference[0])),
-                           np.cos(np.arctan2(self._reference[1], self._reference[0])), 0.0])
-        best = max(candidates, key=lambda c: 2.0 * abs(c @ radial) + c @ current)
-        self._close_dir = best
-        return best
+        faces = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2), 0.0]) for k in range(4)]
+        self._close_dir = max(faces, key=lambda c: float(c @ inward))
+        return self._close_dir
 
     def _perturb(self, label: np.ndarray) -> np.ndarray:
         if self.noise_deg <= 0.0:

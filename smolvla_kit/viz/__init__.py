@@ -1,80 +1,60 @@
-"""Plots shared by the notebooks, `smolvla-kit eval` and the demo report.
+"""Plots and widgets shared by the notebooks, `smolvla-kit eval` and the demo report.
 
-Every function returns a matplotlib Figure; matplotlib is imported on first use.
+* `plots`: action chunks (denoising, chunks over an episode), loss curves, attention masks, layer interleave;
+* `flow`: 2-D flow-matching pictures (vector fields, particle paths, point clouds);
+* `projection`: action chunks as fingertip paths in the camera images (forward kinematics + pinhole projection),
+  drawn statically or with a slider over the denoising step;
+* `video`: mp4 files or frames as embedded HTML5 videos.
+
+Every plotting function returns a matplotlib Figure; matplotlib, MuJoCo and ipywidgets are imported on first use,
+so importing this package is cheap (the training loop imports it).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from .flow import grid_points, plot_particle_paths, plot_point_clouds, plot_vector_field
+from .plots import (
+    plot_attention_mask,
+    plot_chunks_over_time,
+    plot_denoising,
+    plot_layer_interleave,
+    plot_loss_curve,
+    save_figure,
+)
+from .projection import (
+    TIP_SITE,
+    CameraView,
+    DenoisingPathsExplorer,
+    camera_view,
+    data_at_state,
+    draw_denoising_paths,
+    end_effector_positions,
+    overlay_paths,
+    project_chunk,
+    project_points,
+)
+from .video import frames_to_mp4, show_video
 
-import numpy as np
-
-from smolvla_kit.units import JOINT_NAMES
-
-
-def _plt():
-    # Imported on first use; with no display matplotlib falls back to its Agg backend by itself.
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_denoising(
-    trajectory: Any,
-    joint_names: Sequence[str] = JOINT_NAMES,
-    title: str = "Denoising one action chunk",
-):
-    """Every joint's chunk at every Euler step: noise (light) turning into the final actions (dark).
-
-    Args:
-        trajectory: (num_steps + 1, chunk, A) in robot units, x_t for t = 1 (noise) ... 0 (actions), as
-            `policy.predict_chunk(..., return_trajectory=True)` returns per batch element.
-    """
-    plt = _plt()
-    traj = np.asarray(trajectory)
-    steps, chunk, dims = traj.shape
-    cols = min(3, dims)
-    rows = int(np.ceil(dims / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    cmap = plt.get_cmap("viridis")
-    for j in range(dims):
-        ax = axes[j // cols][j % cols]
-        for s in range(steps):
-            ax.plot(traj[s, :, j], color=cmap(s / max(1, steps - 1)), lw=2.0 if s == steps - 1 else 0.8,
-                    alpha=1.0 if s == steps - 1 else 0.6)
-        unit = "0..100" if j < len(joint_names) and joint_names[j] == "gripper" else "deg"
-        ax.set_title(f"{joint_names[j] if j < len(joint_names) else f'dim {j}'} ({unit})", fontsize=9)
-        ax.set_xlabel("action index in chunk", fontsize=8)
-    for k in range(dims, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(vmin=1.0, vmax=0.0))
-    fig.colorbar(sm, ax=axes, label="flow time t (1 = noise, 0 = action)", shrink=0.8)
-    fig.suptitle(title)
-    return fig
-
-
-def plot_loss_curve(steps: Sequence[float], losses: Sequence[float], title: str = "Training loss"):
-    """Flow-matching loss against optimiser steps, log scale."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Save and close a figure."""
-    plt = _plt()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-__all__ = ["plot_denoising", "plot_loss_curve", "save_figure"]
+__all__ = [
+    "TIP_SITE",
+    "CameraView",
+    "DenoisingPathsExplorer",
+    "camera_view",
+    "data_at_state",
+    "draw_denoising_paths",
+    "end_effector_positions",
+    "frames_to_mp4",
+    "grid_points",
+    "overlay_paths",
+    "plot_attention_mask",
+    "plot_chunks_over_time",
+    "plot_denoising",
+    "plot_layer_interleave",
+    "plot_loss_curve",
+    "plot_particle_paths",
+    "plot_point_clouds",
+    "plot_vector_field",
+    "project_chunk",
+    "project_points",
+    "save_figure",
+]
