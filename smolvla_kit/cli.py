@@ -6,6 +6,7 @@
     smolvla-kit eval --checkpoint DIR   success rate on held-out seeds, videos, denoising traces
     smolvla-kit virtual-arm             a simulated SO-101 on a pseudo-terminal that speaks the Feetech protocol
     smolvla-kit calibrate --port PORT   calibrate a real arm (writes LeRobot's calibration JSON)
+    smolvla-kit deploy --port PORT --checkpoint CKPT [--async]   run a policy on a real or virtual arm
     smolvla-kit data info|check|recompute-stats|repair ROOT   look after a dataset
 
 A flag's help text is the docstring written under the dataclass field it sets.
@@ -128,6 +129,12 @@ def _cmd_calibrate(argv: list[str]) -> int:
     return int(run_calibrate(argv) or 0)
 
 
+def _cmd_deploy(argv: list[str]) -> int:
+    from smolvla_kit.deploy.run import main as deploy_main
+
+    return int(deploy_main(argv) or 0)
+
+
 def _cmd_data(argv: list[str]) -> int:
     from smolvla_kit.data.__main__ import main as data_main
 
@@ -135,7 +142,12 @@ def _cmd_data(argv: list[str]) -> int:
 
 
 # Commands with parsers of their own, in the modules that implement them.
-_PASSTHROUGH = {"virtual-arm": _cmd_virtual_arm, "calibrate": _cmd_calibrate, "data": _cmd_data}
+_PASSTHROUGH = {
+    "virtual-arm": _cmd_virtual_arm,
+    "calibrate": _cmd_calibrate,
+    "deploy": _cmd_deploy,
+    "data": _cmd_data,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     sub.add_parser("virtual-arm", help="a simulated SO-101 behind a pseudo-terminal (see its --help)", add_help=False)
     sub.add_parser("calibrate", help="calibrate a real SO-101 follower, LeRobot-compatible (see its --help)",
+                   add_help=False)
+    sub.add_parser("deploy", help="run a trained policy on a real or virtual SO-101, sync or async (see its --help)",
                    add_help=False)
     sub.add_parser("data", help="dataset maintenance: info, check, recompute-stats, repair (see its --help)",
                    add_help=False)
