@@ -7,6 +7,7 @@
     smolvla-kit virtual-arm             a simulated SO-101 on a pseudo-terminal that speaks the Feetech protocol
     smolvla-kit calibrate --port PORT   calibrate a real arm (writes LeRobot's calibration JSON)
     smolvla-kit deploy --port PORT --checkpoint CKPT [--async]   run a policy on a real or virtual arm
+    smolvla-kit policy-server --checkpoint CKPT   serve a policy for asynchronous inference
     smolvla-kit data info|check|recompute-stats|repair ROOT   look after a dataset
 
 A flag's help text is the docstring written under the dataclass field it sets.
@@ -135,6 +136,12 @@ def _cmd_deploy(argv: list[str]) -> int:
     return int(deploy_main(argv) or 0)
 
 
+def _cmd_policy_server(argv: list[str]) -> int:
+    from smolvla_kit.deploy.server import run_server
+
+    return int(run_server(argv) or 0)
+
+
 def _cmd_data(argv: list[str]) -> int:
     from smolvla_kit.data.__main__ import main as data_main
 
@@ -146,6 +153,7 @@ _PASSTHROUGH = {
     "virtual-arm": _cmd_virtual_arm,
     "calibrate": _cmd_calibrate,
     "deploy": _cmd_deploy,
+    "policy-server": _cmd_policy_server,
     "data": _cmd_data,
 }
 
@@ -172,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("calibrate", help="calibrate a real SO-101 follower, LeRobot-compatible (see its --help)",
                    add_help=False)
     sub.add_parser("deploy", help="run a trained policy on a real or virtual SO-101, sync or async (see its --help)",
+                   add_help=False)
+    sub.add_parser("policy-server", help="serve a checkpoint to robot clients over TCP, for --async (see its --help)",
                    add_help=False)
     sub.add_parser("data", help="dataset maintenance: info, check, recompute-stats, repair (see its --help)",
                    add_help=False)

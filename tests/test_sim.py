@@ -213,3 +213,15 @@ def test_joint_slider_panel_moves_the_arm():
     assert not np.allclose(tip_before, panel.env.fingertip_position())
     assert np.abs(panel.update()["front"].astype(int) - before).mean() > 0.5
     assert "shoulder_pan" in panel.readout.value and "rad" in panel.readout.value
+
+
+def test_every_package_is_listed_in_pyproject():
+    """setuptools installs only the packages pyproject lists: a new sub-package must be added there."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "smolvla_kit").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"

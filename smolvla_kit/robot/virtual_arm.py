@@ -535,7 +535,9 @@ class VirtualSO101:
         """A camera frame from the MuJoCo backend, rendered between physics steps (a pty carries no video)."""
         render = getattr(self.backend, "render_camera", None)
         if render is None:
-            raise RuntimeError(f"the {type(self.backend).__name__} backend has no cameras: use MujocoBackend.from_sim()")
+            raise RuntimeError(
+                f"the {type(self.backend).__name__} backend has no cameras: use MujocoBackend.from_sim()"
+            )
         with self._lock:
             return render(camera, size)
 
