@@ -262,9 +262,15 @@ class EpisodeStats:
     safety_limited: int = 0  # actions the robot's safety rules changed (joint limits, max relative target)
     round_trip_ms: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
+    # The timeline, for plots: the queue length at each tick, and the ticks where requests left / replies came.
+    queue_sizes: list[int] = field(default_factory=list)
+    request_ticks: list[int] = field(default_factory=list)
+    reply_ticks: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
+        for key in ("queue_sizes", "request_ticks", "reply_ticks"):
+            d.pop(key)
         for key in ("round_trip_ms", "inference_ms"):
             v = np.asarray(d.pop(key), dtype=np.float64)
             d[key + "_mean"] = float(v.mean()) if v.size else None
@@ -403,11 +409,13 @@ class RobotClient:
                 while (reply := self.link.poll()) is not None:
                     if self._take_reply(reply, stats):
                         in_flight = None
+                        stats.reply_ticks.append(stats.ticks)
                 # 2. ask for more
                 if in_flight is None and should_send(len(self.queue), self.chunk_size, threshold):
                     obs = self.robot.get_observation()
                     self.link.send(self._observation_message(obs, task, must_go=len(self.queue) == 0))
                     stats.requests += 1
+                    stats.request_ticks.append(stats.ticks)
                     in_flight = self.clock()
                 elif in_flight is not None and now - in_flight > cfg.reply_timeout_s:
                     raise PolicyServerError(
@@ -415,6 +423,7 @@ class RobotClient:
                         "(stuck or overloaded)"
                     )
                 # 3. act
+                stats.queue_sizes.append(len(self.queue))
                 item = self.queue.pop()
                 if item is not None:
                     sent = self.robot.send_action(item[1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .flow import grid_points, plot_particle_paths, plot_point_clouds, plot_vector_field
 from .plots import (
+    plot_action_queue,
     plot_attention_mask,
     plot_chunks_over_time,
     plot_denoising,
@@ -46,6 +47,7 @@ __all__ = [
     "frames_to_mp4",
     "grid_points",
     "overlay_paths",
+    "plot_action_queue",
     "plot_attention_mask",
     "plot_chunks_over_time",
     "plot_denoising",

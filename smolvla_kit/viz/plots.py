@@ -164,6 +164,33 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
+def plot_action_queue(runs: dict[str, Any], fps: float = 30.0, title: str = "Action queue over an episode"):
+    """Queue length against time for each run (e.g. {"sync": stats, "async": stats}), with the moments an
+    observation was sent (triangles) and a chunk arrived (dots).
+
+    Each value is a `smolvla_kit.deploy.client.EpisodeStats` (or anything with `queue_sizes`, `request_ticks` and
+    `reply_ticks`). Where the line touches zero the arm had nothing to execute and stood waiting.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.3 * len(runs)), sharex=True, squeeze=False)
+    for ax, (name, stats) in zip(axes[:, 0], runs.items()):
+        sizes = np.asarray(stats.queue_sizes, dtype=float)
+        t = np.arange(len(sizes)) / fps
+        ax.fill_between(t, sizes, step="post", alpha=0.3)
+        ax.step(t, sizes, where="post", lw=1)
+        for ticks, marker, label in ((stats.request_ticks, "v", "observation sent"), (stats.reply_ticks, "o", "chunk in")):
+            ticks = [k for k in ticks if k < len(sizes)]
+            ax.plot(np.asarray(ticks) / fps, sizes[ticks] if ticks else [], marker, ms=5, ls="none", label=label)
+        idle = float(np.mean(sizes == 0)) if sizes.size else 0.0
+        ax.set_ylabel("queued actions")
+        ax.set_title(f"{name}: waiting {idle:.0%} of the time", fontsize=9)
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_attention_mask(
     mask: Any,
     segments: Sequence[tuple[str, int]] | None = None,
