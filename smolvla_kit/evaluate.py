@@ -124,7 +124,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
     policy.eval()
     cameras = tuple(k.rsplit(".", 1)[-1] for k in policy.config.image_keys)
-    image_size = _dataset_image_size(checkpoint) or policy.config.image_size
+    image_size = trained_image_size(checkpoint) or policy.config.image_size
     env = SO101Env(task=cfg.task, image_size=image_size, cameras=cameras, num_cubes=cfg.num_cubes,
                    max_episode_steps=cfg.max_steps)
     out = Path(cfg.out)
@@ -193,7 +193,7 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _dataset_image_size(checkpoint: Path) -> int | None:
+def trained_image_size(checkpoint: Path) -> int | None:
     """The camera image size the policy was trained on, as the training run recorded it."""
     state = checkpoint / "training_state.json"
     if not state.exists():
@@ -202,4 +202,12 @@ def _dataset_image_size(checkpoint: Path) -> int | None:
     return int(next(iter(shapes.values()))[0]) if shapes else None
 
 
-__all__ = ["EvalConfig", "evaluate", "format_table", "resolve_checkpoint", "run_episode", "summarize"]
+__all__ = [
+    "EvalConfig",
+    "evaluate",
+    "format_table",
+    "resolve_checkpoint",
+    "run_episode",
+    "summarize",
+    "trained_image_size",
+]

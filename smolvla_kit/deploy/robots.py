@@ -76,13 +76,6 @@ def checkpoint_cameras(checkpoint: Path) -> list[str]:
     return [k for k in features if k.startswith(IMAGE_PREFIX)]
 
 
-def dataset_image_size(checkpoint: Path) -> int | None:
-    """The camera image size the checkpoint's training data had (from training_state.json), if recorded."""
-    from smolvla_kit.evaluate import _dataset_image_size
-
-    return _dataset_image_size(Path(checkpoint))
-
-
 @dataclass
 class VirtualRig:
     """A virtual arm, its MuJoCo backend and the driver connected to it (not yet connected)."""
@@ -136,4 +129,4 @@ def virtual_follower(camera_keys: Sequence[str], image_size: int = 128, sim_task
     return VirtualRig(arm=arm, backend=backend, robot=robot, calibration_dir=tmp)
 
 
-__all__ = ["SimRobot", "VirtualRig", "checkpoint_cameras", "dataset_image_size", "virtual_follower"]
+__all__ = ["SimRobot", "VirtualRig", "checkpoint_cameras", "virtual_follower"]

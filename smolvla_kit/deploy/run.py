@@ -128,16 +128,16 @@ def _deploy(args: argparse.Namespace) -> int:
 
     from smolvla_kit.collect import HELD_OUT_SEED_START
     from smolvla_kit.deploy.client import ClientConfig, LocalPolicy, RemotePolicy, RobotClient
-    from smolvla_kit.deploy.robots import checkpoint_cameras, dataset_image_size, virtual_follower
+    from smolvla_kit.deploy.robots import checkpoint_cameras, virtual_follower
     from smolvla_kit.deploy.server import start_server_process
     from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
-    from smolvla_kit.evaluate import resolve_checkpoint
+    from smolvla_kit.evaluate import resolve_checkpoint, trained_image_size
     from smolvla_kit.robot.so101 import SO101Follower
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     checkpoint = resolve_checkpoint(args.checkpoint)
-    image_size = args.image_size or dataset_image_size(checkpoint) or 128
+    image_size = args.image_size or trained_image_size(checkpoint) or 128
     max_rel = _parse_max_relative_target(args.max_relative_target)
     virtual = args.port == "virtual"
     seed0 = HELD_OUT_SEED_START if args.seed is None else args.seed
