@@ -1,0 +1,260 @@
+"""Settings of the SmolVLA policy, with two presets.
+
+* ``base``  : exactly the shape of ``lerobot/smolvla_base`` (450,046,176 parameters). Its VLM is
+  SmolVLM2-500M-Video-Instruct, whose architecture numbers are written out below so that the
+  model can be built without the Hub (the weights still come from a checkpoint).
+* ``nano``  : the same code path at about a million parameters, 96 px images and the kit's own
+  tokenizer, small enough to train from scratch on a laptop CPU and to predict a chunk in ~15 ms.
+
+    >>> cfg = SmolVLAConfig.preset("nano", camera_names=["front"])
+
+Field names follow LeRobot's ``SmolVLAConfig`` where the two share a meaning, so a LeRobot
+``config.json`` maps onto this class almost one to one (see ``checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SMOLVLM2_500M_ID = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+
+# Architecture of SmolVLM2-500M-Video-Instruct (from its Hub config.json). These are the numbers
+# transformers' `SmolVLMConfig` needs; with them the kit builds the backbone offline.
+SMOLVLM2_500M_CONFIG: dict[str, Any] = {
+    "scale_factor": 4,  # pixel shuffle: 32x32 patches -> 8x8 = 64 tokens per image
+    "image_token_id": 49190,
+    "tie_word_embeddings": False,
+    "vision_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 512,
+        "patch_size": 16,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,  # SmolVLA keeps only the first 16 (`num_vlm_layers`)
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "head_dim": 64,
+        "vocab_size": 49280,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,  # unused: SmolVLA applies its own RoPE (wavelength 10,000)
+        "max_position_embeddings": 8192,
+        "pad_token_id": 2,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    },
+}
+
+# A tiny SmolVLM of the same family for `nano`: 96 px images in 12 px patches (8x8 = 64 patches),
+# pixel shuffle x2 -> 16 tokens per camera; a Llama text model of width 128 (4 layers, the first 2
+# kept, as smolvla_base keeps 16 of 32) and an expert of width 64. Sized for a chunk in well under
+# 15 ms on one CPU thread: the expert runs 10 times per chunk, so its depth and width set the speed.
+NANO_VLM_CONFIG: dict[str, Any] = {
+    "scale_factor": 2,
+    "image_token_id": 3,  # "<image>" in the kit tokenizer (unused by the policy)
+    "tie_word_embeddings": False,
+    "vision_config": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 96,
+        "patch_size": 12,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "vocab_size": 520,  # size of smolvla_kit/policy/nano_tokenizer.json
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    },
+}
+
+NORMALIZATION_MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
+
+
+@dataclass
+class SmolVLAConfig:
+    """Every setting of the policy. Defaults are those of ``lerobot/smolvla_base`` on the kit's simulator."""
+
+    # --- What the robot gives and wants -------------------------------------------------------
+    state_dim: int = 6  # SO-101: 5 arm joints in degrees + gripper 0..100
+    action_dim: int = 6  # absolute joint targets, same units as the state
+    # Cameras in the order their tokens enter the prefix. A bare name `front` means the batch key
+    # `observation.images.front`; a full key starting with `observation.` is used as written.
+    camera_names: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    empty_cameras: int = 0  # extra camera slots filled with masked-out -1 images when a view is missing
+    image_size: int = 512  # images are resized (keeping aspect) and padded left/top to this square
+    resize_imgs_with_padding: bool = True  # False: feed images at the size they come in
+
+    # --- Action chunking and sampling ----------------------------------------------------------
+    chunk_size: int = 50  # actions predicted per forward pass
+    n_action_steps: int = 50  # actions executed from each chunk before predicting the next
+    num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
+    use_cache: bool = True  # run the prefix once per chunk and keep its keys/values
+
+    # --- Fixed widths (state and action are zero-padded to these) -------------------------------
+    max_state_dim: int = 32
+    max_action_dim: int = 32
+
+    # --- Language -------------------------------------------------------------------------------
+    tokenizer_name: str = SMOLVLM2_500M_ID  # "kit:nano", a tokenizer.json path, a Hub id or a folder
+    tokenizer_max_length: int = 48
+    pad_language_to: str = "max_length"  # or "longest" (LeRobot's class default)
+    add_image_special_tokens: bool = False  # wrap each camera's tokens in <fake_token_around_image><global-img> ... <fake_token_around_image>
+    prefix_length: int = -1  # >0: zero-pad the prefix to this many tokens
+
+    # --- Backbone (a SmolVLM from transformers, truncated) -------------------------------------
+    vlm_model_name: str = SMOLVLM2_500M_ID  # where the VLM's architecture comes from (LeRobot field)
+    vlm_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(SMOLVLM2_500M_CONFIG))
+    num_vlm_layers: int = 16  # keep the first N text layers
+
+    # --- Action expert ------------------------------------------------------------------------
+    attention_mode: str = "cross_attn"  # "cross_attn" (SmolVLA) or "self_attn" (every layer joint)
+    num_expert_layers: int = -1  # <=0: as many as the VLM layers kept
+    expert_width_multiplier: float = 0.75  # expert width = 0.75 x VLM width (720 for base)
+    self_attn_every_n_layers: int = 2  # layers 0, 2, 4, ... are joint self-attention
+    rope_max_wavelength: float = 10_000.0
+    min_period: float = 4e-3  # sine-cosine time embedding periods
+    max_period: float = 4.0
+
+    # --- Normalisation (per feature type, LeRobot's names) -------------------------------------
+    normalization_mapping: dict[str, str] = field(
+        default_factory=lambda: {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}
+    )
+
+    # --- Training -----------------------------------------------------------------------------
+    freeze_vision_encoder: bool = True
+    train_expert_only: bool = True  # freeze the whole VLM; train expert + projections
+    train_state_proj: bool = True
+    optimizer_lr: float = 1e-4
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    optimizer_eps: float = 1e-8
+    optimizer_weight_decay: float = 1e-10
+    optimizer_grad_clip_norm: float = 10.0
+    scheduler_warmup_steps: int = 1_000
+    scheduler_decay_steps: int = 30_000
+    scheduler_decay_lr: float = 2.5e-6
+
+    # Filled in from the tokenizer when `add_image_special_tokens` is used.
+    fake_image_token_id: int | None = None
+    global_image_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self.camera_names = list(self.camera_names)
+        self.optimizer_betas = tuple(self.optimizer_betas)
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "SmolVLAConfig":
+        """`"base"` (smolvla_base's shape) or `"nano"` (tiny, CPU-trainable); keyword overrides win."""
+        if name == "base":
+            values: dict[str, Any] = {}
+        elif name == "nano":
+            values = dict(
+                vlm_model_name="kit:nano",
+                vlm_config=copy.deepcopy(NANO_VLM_CONFIG),
+                tokenizer_name="kit:nano",
+                image_size=96,
+                num_vlm_layers=2,  # layer 0 joint self-attention, layer 1 cross-attention
+                expert_width_multiplier=0.5,  # expert width 64: it runs 10 times per chunk
+                tokenizer_max_length=24,
+                pad_language_to="longest",  # short instructions: fewer prefix tokens, same result
+                # A model trained from scratch must train its VLM too: nothing in it is pretrained.
+                freeze_vision_encoder=False,
+                train_expert_only=False,
+                optimizer_lr=3e-4,
+                scheduler_warmup_steps=100,
+                scheduler_decay_steps=5_000,
+            )
+        else:
+            raise ValueError(f"Unknown preset {name!r}; choose 'base' or 'nano'.")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"Unknown SmolVLAConfig field(s) {sorted(unknown)}.")
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def image_keys(self) -> list[str]:
+        """Batch keys of the cameras, in prefix order."""
+        return [n if n.startswith("observation.") else f"observation.images.{n}" for n in self.camera_names]
+
+    @property
+    def vlm_width(self) -> int:
+        return int(self.vlm_config["text_config"]["hidden_size"])
+
+    @property
+    def expert_width(self) -> int:
+        return int(self.vlm_width * self.expert_width_multiplier)
+
+    def norm_mode(self, feature_type: str) -> str:
+        return self.normalization_mapping.get(feature_type, "IDENTITY")
+
+    def validate(self) -> None:
+        """Reject settings the model cannot run with, saying which field is wrong."""
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be <= chunk_size ({self.chunk_size}).")
+        if self.state_dim > self.max_state_dim:
+            raise ValueError(f"state_dim {self.state_dim} exceeds max_state_dim {self.max_state_dim}.")
+        if self.action_dim > self.max_action_dim:
+            raise ValueError(f"action_dim {self.action_dim} exceeds max_action_dim {self.max_action_dim}.")
+        if not self.camera_names and self.empty_cameras <= 0:
+            raise ValueError("At least one camera is required (camera_names is empty).")
+        if self.pad_language_to not in ("max_length", "longest"):
+            raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
+        for kind, mode in self.normalization_mapping.items():
+            if mode not in NORMALIZATION_MODES:
+                raise ValueError(f"normalization_mapping[{kind!r}] = {mode!r}; expected one of {NORMALIZATION_MODES}.")
+        if self.norm_mode("VISUAL") != "IDENTITY":
+            raise ValueError("normalization_mapping['VISUAL'] must be 'IDENTITY': SmolVLA maps images to [-1, 1] itself.")
+        text_layers = self.vlm_config["text_config"]["num_hidden_layers"]
+        if self.num_vlm_layers > text_layers:
+            raise ValueError(f"num_vlm_layers {self.num_vlm_layers} > the VLM's {text_layers} text layers.")
+        n_vlm = self.num_vlm_layers if self.num_vlm_layers > 0 else text_layers
+        if self.num_expert_layers > 0 and n_vlm % self.num_expert_layers != 0:
+            raise ValueError(
+                f"num_vlm_layers ({n_vlm}) must be a multiple of num_expert_layers ({self.num_expert_layers})."
+            )
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["optimizer_betas"] = list(self.optimizer_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SmolVLAConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"Unknown field(s) in the kit config: {sorted(unknown)}.")
+        return cls(**d)
