@@ -49,10 +49,12 @@ class EvalConfig:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from a folder or from a `checkpoints/last` pointer file."""
+    """A checkpoint folder from a folder or from a run's `checkpoints/last` pointer file."""
+    from smolvla_kit.train import CHECKPOINTS, LAST, latest_checkpoint
+
     path = Path(path)
-    if path.is_file() and path.name == "last":
-        path = path.parent / path.read_text().strip()
+    if path.is_file() and path.name == LAST and path.parent.name == CHECKPOINTS:
+        path = latest_checkpoint(path.parent.parent)
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "

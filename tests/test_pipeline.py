@@ -164,3 +164,10 @@ def test_cli_demo_quick_writes_a_report(tmp_path):
     trajectory = traces["episode_00/trajectory"]
     assert trajectory.shape == (11, 50, 6)  # noise + 10 Euler steps, the whole chunk, six joints
     assert "<video" in (out / "report.html").read_text()
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    from smolvla_kit.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(FileNotFoundError, match=r"nope is not a checkpoint folder \(no config\.json\)"):
+        evaluate(EvalConfig(checkpoint=tmp_path / "nope", out=tmp_path / "eval", progress=False))
