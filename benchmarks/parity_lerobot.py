@@ -26,12 +26,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "parity_lerobot.json"
@@ -86,20 +88,6 @@ BASE_CASE = ("base-shape", BASE_VLM, dict(num_vlm_layers=16, pad_language_to="ma
 
 STATE_DIM, ACTION_DIM, BATCH = 6, 6, 2
 TASKS = ["pick up the red cube and place it in the blue bin", "touch the green cube"]
-
-
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _once(fn) -> float:
