@@ -20,7 +20,7 @@ Success (`info["is_success"]`, which also ends the episode):
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -100,7 +100,6 @@ class Layout:
     bin_center: tuple[float, float] = (0.14, 0.20)
     bin_jitter: float = 0.015
     home_jitter_deg: float = 3.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SO101Env(gym.Env):

@@ -30,6 +30,8 @@ from smolvla_kit.units import JOINT_LIMITS, joints_to_radians, radians_to_joints
 GRIPPER_OPEN = 40.0  # 0..100: about 6 cm between the pads, wide enough for a 2.5 cm cube with room to spare
 GRIPPER_CLOSED = 0.0
 DOWN = np.array([0.0, 0.0, -1.0])
+REACH_HOVER = np.array([0.0, 0.0, 0.07])  # fingertip above the cube before touching it
+GRASP_HOVER = np.array([0.0, 0.0, 0.05])  # point between the jaws above the cube before descending
 
 
 @dataclass
@@ -154,10 +156,8 @@ class ScriptedExpert:
         self._reference: np.ndarray | None = None
         self._q_ik: np.ndarray | None = None
         self._close_dir: np.ndarray | None = None
-        self._gripper = GRIPPER_OPEN
         self._noise = np.zeros(6)
         self._noise_left = 0
-        self._attempts = 0
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -168,7 +168,6 @@ class ScriptedExpert:
             self._reference = self._tool_position()
             self._q_ik = joints_to_radians(env.joint_state())[:5]
         goal, gripper = self._plan()
-        self._gripper = gripper
         # Move the reference point towards the goal at the set speed, then solve IK for it.
         delta = goal - self._reference
         dist = np.linalg.norm(delta)
@@ -213,14 +212,14 @@ class ScriptedExpert:
         """Goal fingertip position and gripper opening for the current phase; advances the phase."""
         env = self.env
         cube = env.cube_position()
-        above_cube = cube + np.array([0.0, 0.0, 0.07])
         if env.task_name == "reach":
+            above_cube = cube + REACH_HOVER
             touch = cube + np.array([0.0, 0.0, CUBE_HALF_SIZE + 0.004])
             if self.phase == "approach" and self._reached(above_cube, tol=0.015):
                 self._set_phase("touch")
             return (above_cube if self.phase == "approach" else touch), GRIPPER_CLOSED
 
-        above_cube = cube + np.array([0.0, 0.0, 0.05])
+        above_cube = cube + GRASP_HOVER
         grasp = cube + np.array([0.0, 0.0, 0.002])
         lift_z = 0.09
         if self.phase == "approach":
@@ -264,10 +263,9 @@ class ScriptedExpert:
         return np.array([bin_pos[0], bin_pos[1], lift_z + 0.03]), GRIPPER_OPEN
 
     def _retry(self) -> tuple[np.ndarray, float]:
-        self._attempts += 1
         self._set_phase("approach")
         cube = self.env.cube_position()
-        return cube + np.array([0.0, 0.0, 0.05]), GRIPPER_OPEN
+        return cube + GRASP_HOVER, GRIPPER_OPEN
 
     def _jaw_direction(self) -> np.ndarray:
         """Horizontal direction for the jaws to close along, frozen from the descent on (no spinning while held).
