@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     policy.train()
 
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
-                        policy_camera_keys=pcfg.image_keys)
+                        policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
     dataset_info = {
         "root": str(reader.meta.root),

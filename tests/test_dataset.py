@@ -458,6 +458,14 @@ def test_chunk_dataset_samples_and_padding(dataset):
     assert reader._frames.bytes == 41 * 2 * H * W * 3
     with pytest.warns(UserWarning, match="cache"):
         ChunkDataset(LeRobotDatasetReader(root, cache_mb=0)).preload()
+    # Training asks for a cache big enough for every frame when the free RAM allows it.
+    small = LeRobotDatasetReader(root, cache_mb=0)
+    grown = ChunkDataset(small, grow_cache=True)
+    assert small.cache_bytes == grown.frame_bytes
+    grown.preload()
+    assert small._frames.bytes == grown.frame_bytes
+    assert not small.grow_frame_cache(10**15)  # a petabyte does not fit: the budget stays as it is
+    assert small.cache_bytes == grown.frame_bytes
     held_out = ChunkDataset(reader, chunk_size=15, episodes=[2])
     assert len(held_out) == 9 and held_out[0]["episode_index"] == 2
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))

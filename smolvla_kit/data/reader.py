@@ -410,6 +410,23 @@ def _nbytes(value: Any) -> int:
     return int(value.nbytes)
 
 
+def available_memory_bytes() -> int | None:
+    """RAM available to new allocations (Linux `MemAvailable`, else free pages), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class _LRU:
     """A byte-budgeted LRU cache (numpy arrays, pyarrow tables, dicts of arrays)."""
 
@@ -478,6 +495,19 @@ class LeRobotDatasetReader:
     def cache_bytes(self) -> int:
         """The decoded-frame cache's budget in bytes (`cache_mb`)."""
         return self._frames.max_bytes
+
+    def grow_frame_cache(self, nbytes: int, memory_fraction: float = 0.5) -> bool:
+        """Raise the decoded-frame budget to `nbytes` if that stays within `memory_fraction` of the RAM now free.
+
+        Returns whether the budget now holds `nbytes`. It never shrinks the budget.
+        """
+        if nbytes <= self._frames.max_bytes:
+            return True
+        free = available_memory_bytes()
+        if free is None or nbytes > memory_fraction * free:
+            return False
+        self._frames.max_bytes = int(nbytes)
+        return True
 
     @property
     def num_frames(self) -> int:

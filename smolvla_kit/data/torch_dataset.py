@@ -117,6 +117,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         episodes: episode indices to use (default: all), e.g. to hold some out for validation.
         policy_camera_keys: the policy's camera keys, to check that `camera_map` covers exactly them.
         check_videos: open every video file once up front, so a missing/truncated one fails now, not mid-epoch.
+        grow_cache: when the frames do not fit the reader's cache, enlarge it if half the free RAM holds them.
 
     Frames: when all the frames the samples need fit the reader's cache (`cache_mb`, e.g. the kit's 128 px
     simulated datasets), each episode is decoded once and then served from memory (`preload()` does it up
@@ -131,6 +132,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         episodes: list[int] | None = None,
         policy_camera_keys: list[str] | None = None,
         check_videos: bool = True,
+        grow_cache: bool = False,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
@@ -166,7 +168,9 @@ class ChunkDataset(torch.utils.data.Dataset):
             for ep in self.episodes
             for dk in set(self.camera_map.values())
         )
-        self._whole_episodes = self.frame_bytes <= reader.cache_bytes
+        self._whole_episodes = self.frame_bytes <= reader.cache_bytes or (
+            grow_cache and reader.grow_frame_cache(self.frame_bytes)
+        )
         lengths = np.array([len(a) for a in self._actions])
         self._ep_of = np.repeat(np.arange(len(self.episodes)), lengths)  # (N,) position in self.episodes
         self._t_of = np.concatenate([np.arange(n) for n in lengths])  # (N,) frame within its episode
