@@ -8,6 +8,8 @@
 3. Evaluates every checkpoint on held-out seeds; each scene is played once per cube colour with the instruction
    naming it, so `success` needs the right cube and `wrong_cube` counts the other one landing in the bin (a
    policy that ignored the instruction would score about 50 % wrong).
+4. Records how far the first chunk moves when the cameras show another scene and when the instruction names the
+   other cube (`sensitivity_deg`): near 0 means the policy does not use that input yet.
 
 Evaluation time is not counted as training time. Results go to `benchmarks/results/learning_curve.json`.
 """
@@ -63,6 +65,7 @@ def main() -> None:
             "wrong_cube_rate": ev["wrong_cube_rate"],
             "episodes": ev["episodes"],
             "per_instruction": {r["task"]: r["success_rate"] for r in ev["per_instruction"]},
+            "sensitivity_deg": ev["sensitivity_deg"],
         }
         rows.append(row)
         print_table([row], ["train_minutes", "steps", "success_rate", "wrong_cube_rate", "episodes"])

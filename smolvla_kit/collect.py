@@ -44,9 +44,6 @@ class CollectConfig:
     """Expert noise injection (degrees); the recorded action stays the clean one, so data shows recoveries."""
     randomize: bool = False
     """Domain randomisation of light, colours, table and front camera."""
-    start_jitter_deg: float = 3.0
-    """Each episode starts from the home pose moved by up to this many degrees per joint. Wide starts keep a
-    policy from reading the plan off the arm's pose alone (it must look at the cubes)."""
     seed: int = 0
     """Base of the seed sequence (see the module docstring)."""
     workers: int = 0
@@ -76,7 +73,7 @@ _worker_cfg: CollectConfig | None = None
 
 def _init_worker(cfg: CollectConfig) -> None:
     global _worker_env, _worker_cfg
-    from smolvla_kit.sim import Layout, Randomization, SO101Env
+    from smolvla_kit.sim import Randomization, SO101Env
 
     _worker_cfg = cfg
     _worker_env = SO101Env(
@@ -84,7 +81,6 @@ def _init_worker(cfg: CollectConfig) -> None:
         image_size=cfg.image_size,
         num_cubes=cfg.num_cubes,
         randomization=Randomization.all() if cfg.randomize else None,
-        layout=Layout(home_jitter_deg=cfg.start_jitter_deg),
     )
 
 

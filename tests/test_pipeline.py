@@ -171,3 +171,22 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"nope is not a checkpoint folder \(no config\.json\)"):
         evaluate(EvalConfig(checkpoint=tmp_path / "nope", out=tmp_path / "eval", progress=False))
+
+
+def test_input_sensitivity_tells_which_inputs_the_policy_uses():
+    from smolvla_kit.evaluate import input_sensitivity
+    from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
+    from smolvla_kit.sim import SO101Env
+
+    torch.manual_seed(0)
+    stats = {k: {"mean": np.zeros(6), "std": np.full(6, 20.0)} for k in ("observation.state", "action")}
+    policy = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=stats).eval()
+    env = SO101Env(task="pick_place", image_size=96)
+    seeds = [10_000_000, 10_000_001, 10_000_002]
+    untrained = input_sensitivity(policy, env, seeds)
+    assert untrained["images"] > 0.01 and untrained["language"] > 0.01  # both inputs reach the chunk
+    with torch.no_grad():  # cut the images off: their tokens become constant
+        policy.model.vlm_with_expert.vlm.model.connector.modality_projection.proj.weight.zero_()
+    blind = input_sensitivity(policy, env, seeds)
+    assert blind["images"] < 1e-4 and blind["language"] > 0.01
+    env.close()

@@ -178,32 +178,6 @@ def test_loss_ignores_padded_steps_and_padded_dims(policy):
     torch.testing.assert_close(loss1, expected)
 
 
-def test_state_dropout_hides_the_state_in_training_only():
-    torch.manual_seed(0)
-    p = SmolVLAPolicy(SmolVLAConfig.preset("nano", state_dropout=0.5), stats=make_stats())
-    m = p.model
-    batch = make_obs(2)
-    other = dict(batch, **{"observation.state": batch["observation.state"] + 50.0})
-    x_t, t = torch.randn(2, 50, 32), torch.tensor([0.4, 0.9])
-
-    def velocity(obs, state_mask):
-        inputs = p.processor.preprocess(obs, "cpu")
-        prefix = m.embed_prefix(inputs["images"], inputs["img_masks"], inputs["lang_tokens"], inputs["lang_masks"],
-                                inputs["state"], state_mask)
-        return m.velocity_uncached(prefix, x_t, t)
-
-    hidden = torch.tensor([False, True])  # sample 0's state token is masked out
-    v1, v2 = velocity(batch, hidden), velocity(other, hidden)
-    torch.testing.assert_close(v1[0], v2[0])  # a hidden state changes nothing ...
-    assert (v1[1] - v2[1]).abs().max() > 1e-3  # ... a visible one does
-    # In eval mode the state is always seen: sampling is deterministic for given noise, whatever the dropout.
-    p.eval()
-    noise = torch.randn(2, 50, 32)
-    torch.testing.assert_close(p.predict_chunk(batch, noise=noise), p.predict_chunk(batch, noise=noise))
-    with pytest.raises(ValueError, match="state_dropout"):
-        SmolVLAConfig.preset("nano", state_dropout=1.0)
-
-
 def test_parameter_counts_and_freezing(policy):
     nano = policy
     n = sum(p.numel() for p in nano.parameters())

@@ -152,8 +152,6 @@ class SmolVLAConfig:
     freeze_vision_encoder: bool = True
     train_expert_only: bool = True  # freeze the whole VLM; train expert + projections
     train_state_proj: bool = True
-    state_dropout: float = 0.0  # training only: this fraction of samples have their state token masked out,
-    # so the policy must find the arm and the cube in the images instead of extrapolating its own pose
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
     optimizer_eps: float = 1e-8
@@ -231,8 +229,6 @@ class SmolVLAConfig:
             raise ValueError("At least one camera is required (camera_names is empty).")
         if self.pad_language_to not in ("max_length", "longest"):
             raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
-        if not 0.0 <= self.state_dropout < 1.0:
-            raise ValueError(f"state_dropout must be in [0, 1), got {self.state_dropout}.")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
         for kind, mode in self.normalization_mapping.items():

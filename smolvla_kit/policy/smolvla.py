@@ -397,13 +397,11 @@ class SmolVLAModel(nn.Module):
 
     # -- prefix: images, language, state ----------------------------------------------------
     def embed_prefix(
-        self, images: list[Tensor], img_masks: list[Tensor], lang_tokens: Tensor, lang_masks: Tensor, state: Tensor,
-        state_mask: Tensor | None = None,
+        self, images: list[Tensor], img_masks: list[Tensor], lang_tokens: Tensor, lang_masks: Tensor, state: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """-> embeddings (B, P, D), padding mask (B, P) bool, block flags (B, P) bool.
 
         Image and language embeddings are scaled by sqrt(D) (SmolVLM's convention); the state is not.
-        `state_mask` (B,) bool, False where the state token is hidden (state dropout in training).
         """
         vwe = self.vlm_with_expert
         B = state.shape[0]
@@ -439,7 +437,7 @@ class SmolVLAModel(nn.Module):
         embs.append(lang * math.sqrt(lang.shape[-1]))
         pads.append(lang_masks)
         embs.append(self.state_proj(state)[:, None, :])  # one state token
-        pads.append(torch.ones(B, 1, dtype=torch.bool, device=device) if state_mask is None else state_mask[:, None])
+        pads.append(torch.ones(B, 1, dtype=torch.bool, device=device))
 
         embs = torch.cat(embs, dim=1)
         pad_mask = torch.cat(pads, dim=1)
@@ -498,10 +496,7 @@ class SmolVLAModel(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * actions
         u_t = noise - actions
-        state_mask = None
-        if self.training and self.config.state_dropout > 0:
-            state_mask = torch.rand(state.shape[0], device=state.device) >= self.config.state_dropout  # (B,)
-        prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state, state_mask)
+        prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state)
         v_t = self.velocity_uncached(prefix, x_t, time)
         return F.mse_loss(v_t, u_t, reduction="none")
 
