@@ -16,6 +16,7 @@ frames from memory.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -420,8 +421,6 @@ def available_memory_bytes() -> int | None:
     except OSError:
         pass
     try:
-        import os
-
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
