@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10, help="held-out scenes per evaluation")
     parser.add_argument("--steps", type=int, default=6000, help="schedule length (training stops at the time limit)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=128, help="camera resolution of the recorded dataset")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: cores - 1)")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect
@@ -45,7 +47,8 @@ def main() -> None:
 
     data = args.work / "data"
     t0 = time.perf_counter()
-    summary = collect(CollectConfig(out=data, task=args.task, episodes=args.episodes, progress=False))
+    summary = collect(CollectConfig(out=data, task=args.task, episodes=args.episodes, image_size=args.image_size,
+                                    progress=False))
     collect_s = time.perf_counter() - t0
     print(f"collected {summary['episodes']} episodes / {summary['frames']} frames in {collect_s / 60:.1f} min")
 
@@ -54,7 +57,8 @@ def main() -> None:
     for k in range(1, args.evaluations + 1):
         minutes = args.train_minutes * k / args.evaluations
         result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
-                                   max_minutes=minutes, save_every=10**9, progress=False))
+                                   max_minutes=minutes, save_every=10**9, num_threads=args.threads,
+                                   progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,
                                  episodes=args.eval_episodes, videos=1, trajectories=1, progress=False))
@@ -62,23 +66,26 @@ def main() -> None:
             "train_minutes": result["train_seconds"] / 60,
             "steps": result["steps"],
             "success_rate": ev["success_rate"],
+            "grasp_rate": ev["grasp_rate"],
             "wrong_cube_rate": ev["wrong_cube_rate"],
             "episodes": ev["episodes"],
             "per_instruction": {r["task"]: r["success_rate"] for r in ev["per_instruction"]},
             "sensitivity_deg": ev["sensitivity_deg"],
         }
         rows.append(row)
-        print_table([row], ["train_minutes", "steps", "success_rate", "wrong_cube_rate", "episodes"])
+        print_table([row], ["train_minutes", "steps", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"])
         if result["steps"] >= args.steps:
             break
 
     print()
-    print_table(rows, ["train_minutes", "steps", "success_rate", "wrong_cube_rate", "episodes"])
+    print_table(rows, ["train_minutes", "steps", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"])
     path = write_results(
         "learning_curve",
         rows,
         task=args.task,
-        dataset={"episodes": summary["episodes"], "frames": summary["frames"], "collect_minutes": collect_s / 60},
+        dataset={"episodes": summary["episodes"], "frames": summary["frames"], "image_size": args.image_size,
+                 "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"]},
+        train_threads=args.threads or max(1, (os.cpu_count() or 2) - 1),
         note="training wall-clock excludes evaluation; held-out seeds from 10,000,000; each scene played once per colour",
     )
     print(f"wrote {path}")

@@ -135,7 +135,7 @@ def write_report(out: Path, cfg: DemoConfig, data: dict[str, Any], run: dict[str
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     table_rows = "".join(
         f"<tr><td>{html.escape(r['task'])}</td><td>{r['episodes']}</td><td>{r['success_rate']:.0%}</td>"
-        f"<td>{r['wrong_cube_rate']:.0%}</td></tr>" for r in summary["per_instruction"]
+        f"<td>{r['grasp_rate']:.0%}</td><td>{r['wrong_cube_rate']:.0%}</td></tr>" for r in summary["per_instruction"]
     )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>smolvla-kit demo</title>",
@@ -143,7 +143,7 @@ def write_report(out: Path, cfg: DemoConfig, data: dict[str, Any], run: dict[str
         "border-bottom:1px solid #ddd}</style></head><body>",
         f"<h1>smolvla-kit demo{' (quick mode)' if cfg.quick else ''}</h1><table>{rows}</table>",
         "<h2>Success on held-out seeds</h2><table><tr><th>instruction</th><th>episodes</th><th>success</th>"
-        f"<th>wrong cube</th></tr>{table_rows}</table>",
+        f"<th>grasped the named cube</th><th>wrong cube</th></tr>{table_rows}</table>",
     ]
     if loss_png:
         parts.append(f"<h2>Training loss</h2>{_image_tag(loss_png, 'loss curve')}")

@@ -77,6 +77,7 @@ def run_episode(
     frames: list[np.ndarray] = []
     denoising = None
     steps = 0
+    grasped = False  # the named cube was held in both jaws at some point
     while True:
         if record_video:
             frames.append(np.concatenate([obs[k] for k in obs if k.startswith("observation.images.")], axis=1))
@@ -90,6 +91,7 @@ def run_episode(
         action = policy.select_action(obs)[0].cpu().numpy()  # (A,)
         obs, _, done, truncated, info = env.step(action)
         steps += 1
+        grasped = grasped or (env.task_name == "pick_place" and env.cube_in_gripper(target_color))
         if done or truncated:
             break
     others = [c for c in env.colors if c != target_color]
@@ -98,6 +100,7 @@ def run_episode(
         "target_color": target_color,
         "task": info["task"],
         "success": bool(info["is_success"]),
+        "grasped": grasped,
         "wrong_cube": any(env.is_success(c) for c in others) if env.task_name == "pick_place" else False,
         "steps": steps,
         "seconds": steps / 30.0,
@@ -201,6 +204,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "task": task,
             "episodes": len(eps),
             "success_rate": float(np.mean([e["success"] for e in eps])),
+            "grasp_rate": float(np.mean([e.get("grasped", False) for e in eps])),
             "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in eps])),
         }
         for task, eps in sorted(by_task.items())
@@ -209,6 +213,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "episodes": len(episodes),
         "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else 0.0,
+        "grasp_rate": float(np.mean([e.get("grasped", False) for e in episodes])) if episodes else 0.0,
         "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in episodes])) if episodes else 0.0,
         "mean_success_seconds": float(np.mean(wins)) if wins else None,
         "per_instruction": rows,
@@ -217,10 +222,12 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The per-instruction results as a markdown table."""
-    lines = ["| instruction | episodes | success | wrong cube |", "|---|---|---|---|"]
+    lines = ["| instruction | episodes | success | grasped the named cube | wrong cube |", "|---|---|---|---|---|"]
     for row in summary["per_instruction"]:
-        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.0%} | {row['wrong_cube_rate']:.0%} |")
-    lines.append(f"| **all** | {summary['episodes']} | **{summary['success_rate']:.0%}** | {summary['wrong_cube_rate']:.0%} |")
+        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.0%} | "
+                     f"{row.get('grasp_rate', 0.0):.0%} | {row['wrong_cube_rate']:.0%} |")
+    lines.append(f"| **all** | {summary['episodes']} | **{summary['success_rate']:.0%}** | "
+                 f"{summary.get('grasp_rate', 0.0):.0%} | {summary['wrong_cube_rate']:.0%} |")
     if "sensitivity_deg" in summary:
         sens = summary["sensitivity_deg"]
         lines.append("")

@@ -190,3 +190,34 @@ def test_input_sensitivity_tells_which_inputs_the_policy_uses():
     blind = input_sensitivity(policy, env, seeds)
     assert blind["images"] < 1e-4 and blind["language"] > 0.01
     env.close()
+
+
+def test_an_episode_reports_whether_the_named_cube_was_grasped():
+    from smolvla_kit.evaluate import run_episode, summarize
+    from smolvla_kit.sim import ScriptedExpert, SO101Env
+
+    class ExpertAsPolicy:
+        """The scripted expert behind the policy interface the evaluator drives."""
+
+        def __init__(self, env):
+            self.env = env
+
+        def reset(self):
+            self.expert = ScriptedExpert(self.env, noise_deg=0.0, seed=0)
+
+        def select_action(self, obs):
+            return torch.as_tensor(self.expert.act().command)[None]
+
+    class StandStill(ExpertAsPolicy):
+        def select_action(self, obs):
+            return torch.as_tensor(obs["observation.state"])[None]
+
+    env = SO101Env(task="pick_place", image_size=32, max_episode_steps=150)
+    seed = 10_000_000
+    done = run_episode(ExpertAsPolicy(env), env, seed, "green")
+    idle = run_episode(StandStill(env), env, seed, "green")
+    env.close()
+    assert done["success"] and done["grasped"] and not done["wrong_cube"]
+    assert not idle["success"] and not idle["grasped"]
+    summary = summarize([done, idle])
+    assert summary["grasp_rate"] == 0.5 and summary["per_instruction"][0]["grasp_rate"] == 0.5
