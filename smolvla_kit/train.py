@@ -320,6 +320,9 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     finally:
         bar.close()
         log_file.close()
+        # The decoded frames can be gigabytes: hand them back now, not when the garbage collector gets round
+        # to it, so that a caller running train() again (or evaluating) has the memory.
+        reader.clear_cache()
     if step != last_saved:
         save_checkpoint(run, step, policy, optimizer, cfg, dataset_info)
     plot_loss(log_path, run / "loss.png")

@@ -466,6 +466,9 @@ def test_chunk_dataset_samples_and_padding(dataset):
     assert small._frames.bytes == grown.frame_bytes
     assert not small.grow_frame_cache(10**15)  # a petabyte does not fit: the budget stays as it is
     assert small.cache_bytes == grown.frame_bytes
+    small.clear_cache()  # train() hands the frames back when it returns
+    assert small._frames.bytes == 0 and not small._frames.items and small.cache_bytes == grown.frame_bytes
+    assert np.array_equal(grown[3][WRIST].numpy(), ds[3][WRIST].numpy())  # and decodes again on demand
     held_out = ChunkDataset(reader, chunk_size=15, episodes=[2])
     assert len(held_out) == 9 and held_out[0]["episode_index"] == 2
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))

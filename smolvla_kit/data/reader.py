@@ -508,6 +508,12 @@ class LeRobotDatasetReader:
         self._frames.max_bytes = int(nbytes)
         return True
 
+    def clear_cache(self) -> None:
+        """Drop every decoded frame and table the reader holds (the budgets stay)."""
+        for cache in (self._frames, self._tables, self._cols):
+            cache.items.clear()
+            cache.bytes = 0
+
     @property
     def num_frames(self) -> int:
         return self.meta.total_frames
