@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,18 @@ def test_cached_and_uncached_sampling_agree(policy):
 def test_unbatched_observation(policy):
     obs = {k: (v[0] if k != "task" else v[0]) for k, v in make_obs(2).items()}  # (H, W, 3) uint8, (S,), str
     assert policy.predict_chunk(obs).shape == (1, 50, ACTION_DIM)
+
+
+def test_read_only_numpy_inputs_are_taken_without_warnings(policy):
+    obs = {k: (v[0].numpy() if k != "task" else v[0]) for k, v in make_obs(2).items()}
+    for value in obs.values():  # a dataset's frame cache hands out read-only views
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected = policy.predict_chunk(obs, noise=torch.zeros(1, 50, 32))
+    writable = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in obs.items()}
+    assert torch.equal(expected, policy.predict_chunk(writable, noise=torch.zeros(1, 50, 32)))
 
 
 def test_select_action_plays_the_queue(policy, monkeypatch):

@@ -158,9 +158,16 @@ def resize_with_pad(img: Tensor, size: int) -> Tensor:
     return F.pad(img, (max(0, size - new_w), 0, max(0, size - new_h), 0), value=0.0)
 
 
+def as_tensor(x: Any, dtype: torch.dtype | None = None) -> Tensor:
+    """torch.as_tensor that copies read-only numpy arrays (a dataset's cache hands out read-only views)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()
+    return torch.as_tensor(x, dtype=dtype)
+
+
 def to_float_chw(x: Any, key: str) -> Tensor:
     """Accept uint8 HWC (simulator) or float CHW in [0,1] (datasets), batched or not -> float (B, 3, H, W)."""
-    x = torch.as_tensor(x)
+    x = as_tensor(x)
     if x.ndim == 5:  # (B, T, 3, H, W) with a time axis: the latest frame
         x = x[:, -1]
     if x.ndim == 3:
@@ -219,7 +226,7 @@ class SmolVLAProcessor:
             obs = {self.rename_map.get(k, k): v for k, v in obs.items()}
         if STATE not in obs:
             raise KeyError(f"Observation lacks {STATE!r} (expected shape (B, {cfg.state_dim}) or ({cfg.state_dim},)).")
-        state = torch.as_tensor(obs[STATE], dtype=torch.float32)
+        state = as_tensor(obs[STATE], dtype=torch.float32)
         if state.ndim == 3:  # (B, T, S): the latest step
             state = state[:, -1]
         if state.ndim == 1:
@@ -276,7 +283,7 @@ class SmolVLAProcessor:
         cfg = self.config
         if ACTION not in batch:
             raise KeyError(f"Training batch lacks {ACTION!r} of shape (B, {cfg.chunk_size}, {cfg.action_dim}).")
-        actions = torch.as_tensor(batch[ACTION], dtype=torch.float32).to(device)
+        actions = as_tensor(batch[ACTION], dtype=torch.float32).to(device)
         if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
             raise ValueError(
                 f"{ACTION!r} has shape {tuple(actions.shape)}; expected (B, {cfg.chunk_size}, {cfg.action_dim})."
