@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=128, help="camera resolution of the recorded dataset")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: cores - 1)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (the preset's when unset)")
+    parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect
@@ -58,7 +60,7 @@ def main() -> None:
         minutes = args.train_minutes * k / args.evaluations
         result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
                                    max_minutes=minutes, save_every=10**9, num_threads=args.threads,
-                                   progress=False))
+                                   lr=args.lr, start_share=args.start_share, progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,
                                  episodes=args.eval_episodes, videos=1, trajectories=1, progress=False))

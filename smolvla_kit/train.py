@@ -62,6 +62,10 @@ class TrainConfig:
     log_every: int = 25
     max_minutes: float | None = None
     """Stop (with a checkpoint) once training has run this long; None = no limit."""
+    start_share: float = 0.0
+    """Share of each batch drawn from the first `start_frames` frames of the episodes (0: every frame equally).
+    There the arm has not moved yet, so only the cameras say where the named cube is."""
+    start_frames: int = 20
     seed: int = 0
     num_threads: int = 0
     """CPU threads for torch; 0 = cores - 1 (at least 1)."""
@@ -190,10 +194,20 @@ def _jsonable(value: Any) -> Any:
 # The loop
 
 
-def _batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor:
-    """The samples of one step: a function of (seed, step) alone, so a resumed run draws the same batches."""
+def _batch_indices(
+    seed: int, step: int, n: int, batch_size: int, start_pool: np.ndarray | None = None, start_share: float = 0.0
+) -> torch.Tensor:
+    """The samples of one step: a function of (seed, step) alone, so a resumed run draws the same batches.
+
+    With `start_share`, that share of the batch comes from `start_pool` (sample indices) and the rest from all n.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(0, n, (batch_size,), generator=g)
+    k = int(round(batch_size * start_share)) if start_pool is not None and len(start_pool) else 0
+    uniform = torch.randint(0, n, (batch_size - k,), generator=g)
+    if not k:
+        return uniform
+    early = torch.as_tensor(start_pool)[torch.randint(0, len(start_pool), (k,), generator=g)]
+    return torch.cat([early, uniform])
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,6 +256,9 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
+    if not 0.0 <= cfg.start_share <= 1.0:
+        raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
+    start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,
@@ -286,7 +303,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             lr = lr_at(step, peak, warmup, cfg.steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _collate([data[int(i)] for i in _batch_indices(cfg.seed, step, len(data), cfg.batch_size)])
+            picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)
+            batch = _collate([data[int(i)] for i in picks])
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
             loss, _ = policy(batch)
             if not torch.isfinite(loss):

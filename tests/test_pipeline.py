@@ -221,3 +221,20 @@ def test_an_episode_reports_whether_the_named_cube_was_grasped():
     assert not idle["success"] and not idle["grasped"]
     summary = summarize([done, idle])
     assert summary["grasp_rate"] == 0.5 and summary["per_instruction"][0]["grasp_rate"] == 0.5
+
+
+def test_batches_can_favour_episode_starts(tmp_path, dataset):
+    from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader
+    from smolvla_kit.train import _batch_indices
+
+    data = ChunkDataset(LeRobotDatasetReader(dataset), chunk_size=50)
+    starts = data.indices_before_frame(5)
+    assert len(starts) == 5 * data.reader.num_episodes and all(data[int(i)]["frame_index"] < 5 for i in starts)
+    picks = [_batch_indices(0, step, len(data), 32, starts, 0.5) for step in range(20)]
+    share = np.mean([np.isin(p.numpy(), starts).mean() for p in picks])
+    uniform = np.mean([np.isin(_batch_indices(0, step, len(data), 32).numpy(), starts).mean() for step in range(20)])
+    assert share >= 0.5 > uniform  # half the batch at least, against the starts' natural share
+    assert torch.equal(picks[3], _batch_indices(0, 3, len(data), 32, starts, 0.5))  # resumable: a function of the step
+    assert train(_train_cfg(dataset, tmp_path / "run", steps=2, start_share=0.5))["steps"] == 2
+    with pytest.raises(ValueError, match="start_share"):
+        train(_train_cfg(dataset, tmp_path / "bad", steps=2, start_share=1.5))

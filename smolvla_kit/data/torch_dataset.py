@@ -178,6 +178,10 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._t_of)
 
+    def indices_before_frame(self, frames: int) -> np.ndarray:
+        """Indices of the samples whose frame lies among the first `frames` of its episode."""
+        return np.nonzero(self._t_of < frames)[0]
+
     def preload(self) -> None:
         """Decode every frame the samples need into the reader's cache, once.
 
