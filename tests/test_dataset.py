@@ -580,3 +580,30 @@ def test_stale_info_is_reported_not_trusted(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert LeRobotDatasetReader(root).meta.info["total_episodes"] == 2
+
+
+def test_reading_a_parquet_file_while_it_is_replaced_sees_one_version(tmp_path):
+    import threading
+
+    from smolvla_kit.data.layout import read_parquet, write_parquet_atomic
+
+    path = tmp_path / "file.parquet"
+    versions = [pa.table({"x": np.arange(n, dtype=np.int64), "y": np.random.default_rng(n).random(n)}) for n in (5, 4000)]
+    write_parquet_atomic(path, versions[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            write_parquet_atomic(path, versions[i % 2])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(300):
+            table = read_parquet(path)
+            assert table.num_rows in (5, 4000) and table.column("x").to_pylist() == list(range(table.num_rows))
+    finally:
+        stop.set()
+        writer.join()

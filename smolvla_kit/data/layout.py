@@ -181,7 +181,9 @@ def read_parquet(path: Path, columns: list[str] | None = None, hint: str = ""):
     if not path.is_file():
         raise DatasetError(f"{path}: file not found. {hint}".rstrip())
     try:
-        return pq.read_table(path, columns=columns)
+        # One open file: a writer replacing the file meanwhile (an atomic rename) cannot mix two versions.
+        with open(path, "rb") as fh:
+            return pq.read_table(fh, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DatasetError(
             f"{path}: cannot read this parquet file ({type(exc).__name__}: {exc}). The file is truncated or "
