@@ -45,7 +45,7 @@ def main() -> None:
 
     from smolvla_kit.collect import CollectConfig, collect
     from smolvla_kit.evaluate import EvalConfig, evaluate
-    from smolvla_kit.train import TrainConfig, latest_checkpoint, train
+    from smolvla_kit.train import TrainConfig, cpu_threads, latest_checkpoint, train
 
     data = args.work / "data"
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def main() -> None:
         task=args.task,
         dataset={"episodes": summary["episodes"], "frames": summary["frames"], "image_size": args.image_size,
                  "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"]},
-        train_threads=args.threads or max(1, (os.cpu_count() or 2) - 1),
+        train_threads=cpu_threads(args.threads),
         note="training wall-clock excludes evaluation; held-out seeds from 10,000,000; each scene played once per colour",
     )
     print(f"wrote {path}")

@@ -59,8 +59,9 @@ def main() -> None:
 
     from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
     from smolvla_kit.policy.processing import resize_with_pad, to_float_chw
+    from smolvla_kit.train import cpu_threads
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(cpu_threads())
     t0 = time.perf_counter()
     images, labels = render_scenes(args.scenes, image_size=128)
     render_s = time.perf_counter() - t0

@@ -141,16 +141,15 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation; writes the outputs and returns the summary."""
-    import os
-
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from smolvla_kit.data import encode_frames
     from smolvla_kit.policy import SmolVLAPolicy
     from smolvla_kit.sim import SO101Env
+    from smolvla_kit.train import cpu_threads
 
-    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(cpu_threads(cfg.num_threads))
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     overrides = {"n_action_steps": cfg.n_action_steps} if cfg.n_action_steps else {}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
@@ -204,7 +203,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "task": task,
             "episodes": len(eps),
             "success_rate": float(np.mean([e["success"] for e in eps])),
-            "grasp_rate": float(np.mean([e.get("grasped", False) for e in eps])),
+            "grasp_rate": float(np.mean([e["grasped"] for e in eps])),
             "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in eps])),
         }
         for task, eps in sorted(by_task.items())
@@ -213,7 +212,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "episodes": len(episodes),
         "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else 0.0,
-        "grasp_rate": float(np.mean([e.get("grasped", False) for e in episodes])) if episodes else 0.0,
+        "grasp_rate": float(np.mean([e["grasped"] for e in episodes])) if episodes else 0.0,
         "wrong_cube_rate": float(np.mean([e["wrong_cube"] for e in episodes])) if episodes else 0.0,
         "mean_success_seconds": float(np.mean(wins)) if wins else None,
         "per_instruction": rows,
@@ -225,9 +224,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = ["| instruction | episodes | success | grasped the named cube | wrong cube |", "|---|---|---|---|---|"]
     for row in summary["per_instruction"]:
         lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.0%} | "
-                     f"{row.get('grasp_rate', 0.0):.0%} | {row['wrong_cube_rate']:.0%} |")
+                     f"{row['grasp_rate']:.0%} | {row['wrong_cube_rate']:.0%} |")
     lines.append(f"| **all** | {summary['episodes']} | **{summary['success_rate']:.0%}** | "
-                 f"{summary.get('grasp_rate', 0.0):.0%} | {summary['wrong_cube_rate']:.0%} |")
+                 f"{summary['grasp_rate']:.0%} | {summary['wrong_cube_rate']:.0%} |")
     if "sensitivity_deg" in summary:
         sens = summary["sensitivity_deg"]
         lines.append("")

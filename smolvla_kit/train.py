@@ -90,6 +90,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_threads(requested: int = 0) -> int:
+    """Torch threads to use: `requested`, or cores - 1 when 0 (at least 1), leaving a core for the rest."""
+    return requested or max(1, (os.cpu_count() or 2) - 1)
+
+
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
     if step < warmup:
@@ -231,11 +236,13 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
     from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
 
+    if not 0.0 <= cfg.start_share <= 1.0:
+        raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(cpu_threads(cfg.num_threads))
 
     reader = LeRobotDatasetReader(cfg.dataset)
     resume_from = latest_checkpoint(run)
@@ -256,8 +263,6 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
-    if not 0.0 <= cfg.start_share <= 1.0:
-        raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
     start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
     dataset_info = {
         "root": str(reader.meta.root),
@@ -393,4 +398,4 @@ def plot_loss(log_path: Path, out: Path) -> Path | None:
     return save_figure(plot_loss_curve(log["step"], log["loss"]), out)
 
 
-__all__ = ["TrainConfig", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train"]
+__all__ = ["TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train"]

@@ -246,7 +246,9 @@ def run_server(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    torch.set_num_threads(args.num_threads or max(1, (os.cpu_count() or 2) - 1))
+    from smolvla_kit.train import cpu_threads
+
+    torch.set_num_threads(cpu_threads(args.num_threads))
     if args.seed is not None:
         torch.manual_seed(args.seed)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
