@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: cores - 1)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (the preset's when unset)")
     parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
+    parser.add_argument("--camera-warmup-steps", type=int, default=0,
+                        help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect
@@ -60,7 +62,8 @@ def main() -> None:
         minutes = args.train_minutes * k / args.evaluations
         result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
                                    max_minutes=minutes, save_every=10**9, num_threads=args.threads,
-                                   lr=args.lr, start_share=args.start_share, progress=False))
+                                   lr=args.lr, start_share=args.start_share,
+                                   camera_warmup_steps=args.camera_warmup_steps, progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,
                                  episodes=args.eval_episodes, videos=1, trajectories=1, progress=False))

@@ -66,6 +66,12 @@ class TrainConfig:
     """Share of each batch drawn from the first `start_frames` frames of the episodes (0: every frame equally).
     There the arm has not moved yet, so only the cameras say where the named cube is."""
     start_frames: int = 20
+    camera_warmup_steps: int = 0
+    """Train the first N steps on episode starts only (the first `camera_warmup_frames` frames) with the joint
+    state replaced by its dataset mean. A model trained from scratch otherwise learns to continue the motion the
+    state shows and never starts reading its cameras; with the state hidden and the arm at home, only the cameras
+    and the instruction say where to go. Ordinary batches (and `start_share`) follow."""
+    camera_warmup_frames: int = 3
     seed: int = 0
     num_threads: int = 0
     """CPU threads for torch; 0 = cores - 1 (at least 1)."""
@@ -225,6 +231,20 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def _training_batch(
+    data: Any, step: int, cfg: TrainConfig, start_pool: np.ndarray | None, warmup_pool: np.ndarray | None,
+    mean_state: torch.Tensor | None,
+) -> dict[str, Any]:
+    """The batch of one step: during the camera warm-up, episode starts with the state hidden (see TrainConfig)."""
+    if step < cfg.camera_warmup_steps:
+        picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, warmup_pool, 1.0)
+        batch = _collate([data[int(i)] for i in picks])
+        batch["observation.state"] = mean_state.expand_as(batch["observation.state"]).clone()  # (B, state_dim)
+        return batch
+    picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)
+    return _collate([data[int(i)] for i in picks])
+
+
 def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final checkpoint path.
 
@@ -238,6 +258,11 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
 
     if not 0.0 <= cfg.start_share <= 1.0:
         raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
+    if cfg.camera_warmup_steps < 0 or cfg.camera_warmup_frames < 1:
+        raise ValueError(
+            f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
+            f"{cfg.camera_warmup_steps} and {cfg.camera_warmup_frames}."
+        )
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -264,6 +289,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
     start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
+    warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames) if cfg.camera_warmup_steps > 0 else None
+    mean_state = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"]) if warmup_pool is not None else None
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,
@@ -308,8 +335,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             lr = lr_at(step, peak, warmup, cfg.steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)
-            batch = _collate([data[int(i)] for i in picks])
+            batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
             loss, _ = policy(batch)
             if not torch.isfinite(loss):

@@ -238,3 +238,24 @@ def test_batches_can_favour_episode_starts(tmp_path, dataset):
     assert train(_train_cfg(dataset, tmp_path / "run", steps=2, start_share=0.5))["steps"] == 2
     with pytest.raises(ValueError, match="start_share"):
         train(_train_cfg(dataset, tmp_path / "bad", steps=2, start_share=1.5))
+
+
+def test_camera_warmup_hides_the_state_on_episode_starts(tmp_path, dataset):
+    from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader
+    from smolvla_kit.train import _training_batch, dataset_stats
+
+    reader = LeRobotDatasetReader(dataset)
+    data = ChunkDataset(reader, chunk_size=50)
+    cfg = _train_cfg(dataset, tmp_path / "run", steps=4, camera_warmup_steps=2, camera_warmup_frames=3)
+    mean = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"])
+    pool = data.indices_before_frame(3)
+    for step in range(4):
+        batch = _training_batch(data, step, cfg, None, pool, mean)
+        hidden = bool((batch["observation.state"] == mean).all())
+        if step < 2:
+            assert hidden and all(int(t) < 3 for t in batch["frame_index"])
+        else:  # ordinary batches again: the true states, frames from anywhere in the episodes
+            assert not hidden
+    assert train(cfg)["steps"] == 4
+    with pytest.raises(ValueError, match="camera_warmup_frames"):
+        train(_train_cfg(dataset, tmp_path / "bad", steps=2, camera_warmup_steps=1, camera_warmup_frames=0))
