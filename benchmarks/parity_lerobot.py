@@ -206,10 +206,14 @@ def lerobot_case(name, vlm, overrides, cameras, action_mode, workdir: Path, repe
     from smolvla_kit.policy import SmolVLAPolicy as KitPolicy
 
     kit = KitPolicy.from_pretrained(ckpt_dir)
+    kit_bf16 = KitPolicy.from_pretrained(ckpt_dir).set_dtype(torch.bfloat16)  # the kit's inference option
     raw = {**obs, "task": list(TASKS)}
 
     def kit_chunk():
         return kit.predict_chunk(raw, noise=noise)
+
+    def kit_bf16_chunk():
+        return kit_bf16.predict_chunk(raw, noise=noise)
 
     # Time spent in the Euler steps alone (the expert against the cached prefix), measured by wrapping the
     # functions each side calls once per step; the rest of the chunk is pre-processing + vision + VLM prefix.
@@ -233,14 +237,16 @@ def lerobot_case(name, vlm, overrides, cameras, action_mode, workdir: Path, repe
     km.vlm_with_expert.forward = timing("kit", km.vlm_with_expert.forward, only=lambda prefix, *a, **k: prefix is None)
 
     same_process_diff = (kit_chunk() - ref).abs().max().item()
-    alt_ref, alt_kit, step_ref, step_kit = [], [], [], []
+    bf16_diff = (kit_bf16_chunk() - ref).abs().max().item()
+    alt_ref, alt_kit, alt_bf16, step_ref, step_kit = [], [], [], [], []
     for _ in range(repeats):
         step_time.update(lerobot=0.0, kit=0.0)
         alt_ref.append(_once(reference))
         alt_kit.append(_once(kit_chunk))
         step_ref.append(1000 * step_time["lerobot"] / cfg.num_steps)
         step_kit.append(1000 * step_time["kit"] / cfg.num_steps)
-    kit = None  # free its memory before the kit subprocess loads its own copy
+        alt_bf16.append(_once(kit_bf16_chunk))
+    kit = kit_bf16 = None  # free their memory before the kit subprocess loads its own copy
     tensors = {**{k: v.contiguous() for k, v in obs.items()}, "noise": noise, "reference_actions": ref.contiguous()}
     save_file(tensors, str(workdir / f"{name}-io.safetensors"))
     return {"checkpoint": str(ckpt_dir), "io": str(workdir / f"{name}-io.safetensors"),
@@ -250,6 +256,8 @@ def lerobot_case(name, vlm, overrides, cameras, action_mode, workdir: Path, repe
                 "lerobot": _median(alt_ref), "kit": _median(alt_kit), "kit_max_abs_diff": same_process_diff,
                 # One Euler step (expert against the cached prefix); chunk - num_steps x this = vision + prefix.
                 "lerobot_per_denoise_step": _median(step_ref), "kit_per_denoise_step": _median(step_kit),
+                # The kit with `set_dtype(torch.bfloat16)`: a speed option, not a parity claim.
+                "kit_bfloat16": _median(alt_bf16), "kit_bfloat16_max_abs_diff": bf16_diff,
             },
             "n_params": sum(p.numel() for p in policy.parameters()), "chunk_shape": list(ref.shape),
             "lerobot_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
@@ -327,6 +335,7 @@ def main() -> None:
                   f"|ref| max {kit['max_abs_reference']:.1f})  chunk, 1 thread, alternating in one process: "
                   f"LeRobot {alt['lerobot']:9.1f} ms  kit {alt['kit']:9.1f} ms (per Euler step: LeRobot "
                   f"{alt['lerobot_per_denoise_step']:7.1f} ms, kit {alt['kit_per_denoise_step']:7.1f} ms)  "
+                  f"kit bfloat16 {alt['kit_bfloat16']:9.1f} ms (max|diff| {alt['kit_bfloat16_max_abs_diff']:.2e})  "
                   f"{'PASS' if row['pass'] else 'FAIL'}")
 
     report = {

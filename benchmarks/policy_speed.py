@@ -87,8 +87,10 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     if kind.startswith("chunk"):
-        _, preset, cache = kind.split(":")
+        _, preset, cache, *dtype = kind.split(":")  # e.g. chunk:base:cached:bfloat16
         policy, obs = build(preset)
+        if dtype:
+            policy.set_dtype(getattr(torch, dtype[0]))
         ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached"), repeats)
         return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb()}
     if kind == "train:nano":
@@ -124,12 +126,14 @@ def main() -> None:
     plan = [
         ("nano chunk, prefix cache", "chunk:nano:cached", 1, 30),
         ("nano chunk, no cache", "chunk:nano:uncached", 1, 30),
+        ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
     ]
     if not args.quick:
         plan += [
             ("base chunk, prefix cache", "chunk:base:cached", 1, 2),
             ("base chunk, no cache", "chunk:base:uncached", 1, 1),
+            ("base chunk, cache, bfloat16", "chunk:base:cached:bfloat16", 1, 2),
         ]
     info = machine_info()
     rows = []

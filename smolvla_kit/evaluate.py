@@ -44,6 +44,8 @@ class EvalConfig:
     """Episodes whose first chunk's denoising is saved."""
     n_action_steps: int | None = None
     """Actions executed per chunk (the policy's setting when None)."""
+    dtype: str = "float32"
+    """"bfloat16" runs the VLM and the expert in bfloat16 (faster on CPUs with bf16 instructions)."""
     num_threads: int = 0
     progress: bool = True
 
@@ -153,6 +155,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     overrides = {"n_action_steps": cfg.n_action_steps} if cfg.n_action_steps else {}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
+    policy.set_dtype(cfg.dtype)
     policy.eval()
     cameras = tuple(k.rsplit(".", 1)[-1] for k in policy.config.image_keys)
     image_size = trained_image_size(checkpoint) or policy.config.image_size

@@ -116,6 +116,23 @@ def test_cached_and_uncached_sampling_agree(policy):
     assert (cached - uncached).abs().max() / scale < 1e-5
 
 
+def test_bfloat16_inference_stays_close_to_float32():
+    torch.manual_seed(0)
+    policy = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=make_stats()).eval()
+    obs, noise = make_obs(2, uint8=False), torch.randn(2, 50, 32)
+    full = policy.predict_chunk(obs, noise=noise)
+    policy.set_dtype(torch.bfloat16)
+    dtypes = {p.dtype for p in policy.model.vlm_with_expert.parameters()}
+    assert dtypes == {torch.bfloat16} and policy.model.action_out_proj.weight.dtype == torch.float32
+    half = policy.predict_chunk(obs, noise=noise)
+    uncached = policy.predict_chunk(obs, noise=noise, use_cache=False)
+    scale = policy.normalizer.action_std.max()
+    assert half.dtype == torch.float32 and 0 < (half - full).abs().max() / scale < 0.02
+    assert (half - uncached).abs().max() / scale < 1e-3
+    with pytest.raises(ValueError, match="float16"):
+        policy.set_dtype(torch.float16)
+
+
 def test_unbatched_observation(policy):
     obs = {k: (v[0] if k != "task" else v[0]) for k, v in make_obs(2).items()}  # (H, W, 3) uint8, (S,), str
     assert policy.predict_chunk(obs).shape == (1, 50, ACTION_DIM)

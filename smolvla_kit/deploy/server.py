@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
     ap.add_argument("--num-threads", type=int, default=0, help="torch CPU threads; 0 = cores - 1 (default: 0)")
     ap.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="bfloat16 runs the VLM and expert at about twice the speed on CPUs with bf16 instructions "
+                    "(default: float32)")
     ap.add_argument("--seed", type=int, default=None, help="seed torch's noise for repeatable chunks")
     ap.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                     help="largest message accepted, MiB (default: 16)")
@@ -253,7 +256,8 @@ def run_server(argv: Sequence[str] | None = None) -> int:
         torch.manual_seed(args.seed)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this address can drive the robot's policy", args.host)
-    policy = load_policy_for_serving(args.checkpoint, device=args.device, n_action_steps=args.n_action_steps)
+    policy = load_policy_for_serving(args.checkpoint, device=args.device, n_action_steps=args.n_action_steps,
+                                     dtype=args.dtype)
     service = PolicyService(policy, checkpoint=str(args.checkpoint), similarity_threshold=args.similarity_threshold,
                             added_latency_ms=args.added_latency_ms)
     server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20))

@@ -251,8 +251,10 @@ class PolicyService:
                        threshold=self.similarity_threshold, reason=reason)
 
 
-def load_policy_for_serving(checkpoint: str, device: str = "cpu", n_action_steps: int | None = None) -> Any:
-    """Load a kit checkpoint folder (or a run's `checkpoints/last`) for inference."""
+def load_policy_for_serving(
+    checkpoint: str, device: str = "cpu", n_action_steps: int | None = None, dtype: str = "float32"
+) -> Any:
+    """Load a kit checkpoint folder (or a run's `checkpoints/last`) for inference, its VLM and expert in `dtype`."""
     from pathlib import Path
 
     from smolvla_kit.evaluate import resolve_checkpoint
@@ -261,6 +263,7 @@ def load_policy_for_serving(checkpoint: str, device: str = "cpu", n_action_steps
     path = resolve_checkpoint(Path(checkpoint))
     overrides = {"n_action_steps": n_action_steps} if n_action_steps else {}
     policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
+    policy.set_dtype(dtype)
     policy.eval()
     return policy
 

@@ -251,6 +251,9 @@ class SmolVLMWithExpert(nn.Module):
         Returns the expert's normed output (B, S, De) (None for prefill) and the cache.
         """
         text = self.vlm.model.text_model
+        # The layers may run in bfloat16 (`SmolVLAPolicy.set_dtype`); the projections around them stay float32.
+        prefix = prefix.to(text.layers[0].input_layernorm.weight.dtype) if prefix is not None else None
+        suffix = suffix.to(self.lm_expert.layers[0].input_layernorm.weight.dtype) if suffix is not None else None
         P = prefix.shape[1] if prefix is not None else cache.pad_mask.shape[1]
         S = suffix.shape[1] if suffix is not None else 0
 
@@ -436,7 +439,7 @@ class SmolVLAModel(nn.Module):
         lang = vwe.embed_tokens(lang_tokens)
         embs.append(lang * math.sqrt(lang.shape[-1]))
         pads.append(lang_masks)
-        embs.append(self.state_proj(state)[:, None, :])  # one state token
+        embs.append(self.state_proj(state)[:, None, :].to(img_embs.dtype))  # one state token
         pads.append(torch.ones(B, 1, dtype=torch.bool, device=device))
 
         embs = torch.cat(embs, dim=1)
