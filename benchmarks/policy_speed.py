@@ -153,12 +153,14 @@ def main() -> None:
         reference = [
             {"case": c["case"], "n_params": c["n_params"],
              "lerobot_ms_1thread": c["alternating_same_process_ms_1thread"]["lerobot"],
-             "kit_ms_1thread": c["alternating_same_process_ms_1thread"]["kit"], "max_abs_diff": c["max_abs_diff"]}
+             "kit_ms_1thread": c["alternating_same_process_ms_1thread"]["kit"], "max_abs_diff": c["max_abs_diff"],
+             "kit_bfloat16_ms_1thread": c["alternating_same_process_ms_1thread"].get("kit_bfloat16")}
             for c in parity.get("cases", []) if "alternating_same_process_ms_1thread" in c
         ]
         for r in reference:
             print(f"side by side, alternating in one process ({r['case']}, batch 2): "
-                  f"LeRobot {r['lerobot_ms_1thread']:.1f} ms vs kit {r['kit_ms_1thread']:.1f} ms")
+                  f"LeRobot {r['lerobot_ms_1thread']:.1f} ms vs kit {r['kit_ms_1thread']:.1f} ms"
+                  + (f", kit bfloat16 {r['kit_bfloat16_ms_1thread']:.1f} ms" if r["kit_bfloat16_ms_1thread"] else ""))
 
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     base_rows_from = None
