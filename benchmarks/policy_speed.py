@@ -1,7 +1,7 @@
 """How fast is the kit's SmolVLA on a CPU? Chunk latency, training step time and peak memory.
 
     python benchmarks/policy_speed.py            # all measurements (a few minutes; base needs ~4 GB RAM)
-    python benchmarks/policy_speed.py --quick    # nano only
+    python benchmarks/policy_speed.py --quick    # nano (and the larger nano shapes it was chosen against) only
 
 Each measurement runs in its own subprocess, so "peak RSS" is that measurement's own high-water mark.
 Latency = raw observation -> un-normalised action chunk (pre-processing, 10 Euler steps, post-processing),
@@ -50,6 +50,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+# Larger shapes of `nano` (changes to its VLM config; the expert stays 64 wide): what a bigger nano would cost.
+NANO_VARIANTS = {
+    "nano-text256": ({"text_config": dict(hidden_size=256, intermediate_size=1024)}, {"expert_width_multiplier": 0.25}),
+    "nano-text320": ({"text_config": dict(hidden_size=320, intermediate_size=1280)}, {"expert_width_multiplier": 0.2}),
+    "nano-vision128": ({"vision_config": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                              num_attention_heads=4)}, {}),
+}
+
+
+def nano_config(preset: str):
+    import copy
+
+    from smolvla_kit.policy import SmolVLAConfig
+    from smolvla_kit.policy.config import NANO_VLM_CONFIG
+
+    if preset == "nano":
+        return SmolVLAConfig.preset("nano")
+    vlm_changes, overrides = NANO_VARIANTS[preset]
+    vlm = copy.deepcopy(NANO_VLM_CONFIG)
+    for part, values in vlm_changes.items():
+        vlm[part].update(values)
+    return SmolVLAConfig.preset("nano", vlm_config=vlm, **overrides)
+
+
 def build(preset: str):
     import numpy as np
     import torch
@@ -59,8 +83,8 @@ def build(preset: str):
 
     stats = {k: {"mean": np.zeros(6), "std": np.ones(6) * 20} for k in ("observation.state", "action")}
     torch.manual_seed(0)
-    if preset == "nano":
-        policy = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=stats)
+    if preset.startswith("nano"):
+        policy = SmolVLAPolicy(nano_config(preset), stats=stats)
         cams, size = ["front", "wrist"], (96, 128)
     else:  # smolvla_base's shape and cameras; random weights without spending minutes on init
         cams, size = ["camera1", "camera2", "camera3"], (256, 256)
@@ -92,9 +116,10 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
         if dtype:
             policy.set_dtype(getattr(torch, dtype[0]))
         ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached"), repeats)
-        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb()}
-    if kind == "train:nano":
-        policy, obs = build("nano")
+        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
+                "params": sum(p.numel() for p in policy.parameters())}
+    if kind.startswith("train:nano"):
+        policy, obs = build(kind.split(":")[1])
         policy.train()
         B = 32
         batch = {k: (v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else [v] * B) for k, v in obs.items()}
@@ -110,7 +135,8 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
             opt.step()
 
         ms, cpu = median_ms(step, repeats)
-        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb()}
+        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
+                "params": sum(p.numel() for p in policy.parameters())}
     raise ValueError(kind)
 
 
@@ -129,6 +155,9 @@ def main() -> None:
         ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
     ]
+    for variant in NANO_VARIANTS:
+        plan += [(f"{variant} chunk, prefix cache", f"chunk:{variant}:cached", 1, 30),
+                 (f"{variant} train step, batch 32", f"train:{variant}", 1, 5)]
     if not args.quick:
         plan += [
             ("base chunk, prefix cache", "chunk:base:cached", 1, 2),
@@ -137,7 +166,7 @@ def main() -> None:
         ]
     info = machine_info()
     rows = []
-    print(f"{'measurement':32s} {'threads':>7s} {'wall ms':>10s} {'cpu ms':>10s} {'peak RSS MB':>12s}")
+    print(f"{'measurement':38s} {'threads':>7s} {'wall ms':>10s} {'cpu ms':>10s} {'peak RSS MB':>12s} {'params':>10s}")
     for label, kind, threads, repeats in plan:
         proc = subprocess.run([sys.executable, __file__, "--one", kind, str(threads), str(repeats)],
                               capture_output=True, text=True, cwd=REPO)
@@ -145,7 +174,8 @@ def main() -> None:
             raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({"measurement": label, "kind": kind, "threads": threads, "repeats": repeats, **res})
-        print(f"{label:32s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f}")
+        print(f"{label:38s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f} "
+              f"{res.get('params', ''):>10}")
 
     reference = None
     if PARITY.is_file():

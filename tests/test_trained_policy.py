@@ -56,3 +56,13 @@ def test_the_instruction_decides_which_cube_the_arm_goes_for(policy_and_env):
             outcomes.append(nearest[color] < other)
     # Generous: the committed policy grasps the named cube 85 % of the time and never brought the other one.
     assert sum(outcomes) >= 6, f"went for the named cube in {sum(outcomes)} of {len(outcomes)} episodes"
+
+
+def test_eval_can_run_the_policy_in_bfloat16(tmp_path):
+    from smolvla_kit.evaluate import EvalConfig, evaluate
+
+    summary = evaluate(EvalConfig(checkpoint=ASSET, out=tmp_path, episodes=2, max_steps=20, videos=0, trajectories=0,
+                                  dtype="bfloat16", num_threads=1, progress=False))
+    assert summary["episodes"] == 4 and summary["sensitivity_deg"]["language"] > 1.0  # it still listens
+    with pytest.raises(ValueError, match="float16"):
+        evaluate(EvalConfig(checkpoint=ASSET, out=tmp_path, dtype="float16", progress=False))
