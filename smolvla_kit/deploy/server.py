@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-threads", type=int, default=0, help="torch CPU threads; 0 = cores - 1 (default: 0)")
     ap.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="bfloat16 runs the VLM and expert at about twice the speed on CPUs with bf16 instructions "
-                    "(default: float32)")
+                    help="bfloat16 runs the VLM and expert in bfloat16: a base chunk 1.6x faster on CPUs with bf16 "
+                    "instructions (default: float32)")
     ap.add_argument("--seed", type=int, default=None, help="seed torch's noise for repeatable chunks")
     ap.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                     help="largest message accepted, MiB (default: 16)")
