@@ -120,7 +120,8 @@ class SmolVLAPolicy(nn.Module):
 
         For inference: bfloat16 makes a `base` chunk 1.6-1.7x faster on CPUs with bfloat16 instructions and
         moves actions by a small fraction of a degree; `nano` is too small to gain. The projections into and
-        out of the expert, the normaliser, the attention softmax and the Euler integration stay float32. Train in float32.
+        out of the expert, the normaliser, the attention softmax and the Euler integration stay float32.
+        Train in float32.
         """
         allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         name = str(dtype).removeprefix("torch.")
