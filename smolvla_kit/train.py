@@ -289,8 +289,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
     start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
-    warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames) if cfg.camera_warmup_steps > 0 else None
-    mean_state = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"]) if warmup_pool is not None else None
+    warmup_pool = mean_state = None
+    if cfg.camera_warmup_steps > 0:
+        warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames)
+        mean_state = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"])  # (state_dim,)
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,
