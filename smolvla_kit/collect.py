@@ -7,8 +7,8 @@ disk, in episode order, before it takes the next one, so a killed run keeps ever
 the same command again resumes: the writer drops any half-written episode and numbering continues.
 
 Seeds: episode k is recorded from seed `seed + 1000 * k + r`, where r counts the expert's failed attempts at that
-episode (failed attempts are not recorded). The sequence depends only on k, so a resumed run records exactly what
-an uninterrupted one would have. Evaluation draws its seeds from `HELD_OUT_SEED_START` upwards, a range training
+episode (failed attempts are not recorded); with `every_colour`, from `seed + 1000 * (k // colours) + r`. The
+sequence depends only on k, so a resumed run records exactly what an uninterrupted one would have. Evaluation draws its seeds from `HELD_OUT_SEED_START` upwards, a range training
 data never reaches (fewer than 10,000 episodes).
 """
 
@@ -46,6 +46,10 @@ class CollectConfig:
     """Domain randomisation of light, colours, table and front camera."""
     seed: int = 0
     """Base of the seed sequence (see the module docstring)."""
+    every_colour: bool = False
+    """pick_place: record each scene once per cube colour, the instruction naming each in turn (episodes 2k and
+    2k+1 share scene k with two cubes). The images alone then cannot tell which cube to fetch, so a policy must
+    learn the words; with one random colour per scene, a few hundred scenes can be memorised instead."""
     workers: int = 0
     """Worker processes; 0 = one per CPU core."""
     max_attempts: int = 20
@@ -84,12 +88,15 @@ def _init_worker(cfg: CollectConfig) -> None:
     )
 
 
-def record_episode(env: Any, seed: int, noise_deg: float) -> tuple[dict[str, Any], bool]:
-    """Run the scripted expert for one episode from `seed`; returns the frames and whether it succeeded."""
+def record_episode(
+    env: Any, seed: int, noise_deg: float, target_color: str | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Run the scripted expert for one episode from `seed` (fetching `target_color` if given, else the scene's
+    random pick); returns the frames and whether it succeeded."""
     from smolvla_kit.sim import ScriptedExpert
 
     expert = ScriptedExpert(env, noise_deg=noise_deg, seed=seed)
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options={"target_color": target_color} if target_color else None)
     image_keys = [k for k in obs if k.startswith("observation.images.")]
     states, actions, images = [], [], {k: [] for k in image_keys}
     while True:
@@ -113,9 +120,13 @@ def record_episode(env: Any, seed: int, noise_deg: float) -> tuple[dict[str, Any
 def _run_episode(index: int) -> EpisodeRecording | None:
     cfg = _worker_cfg
     assert cfg is not None and _worker_env is not None
+    scene, color = index, None
+    if cfg.every_colour:
+        colors = _worker_env.colors
+        scene, color = index // len(colors), colors[index % len(colors)]
     for attempt in range(cfg.max_attempts):
-        seed = cfg.seed + SEEDS_PER_EPISODE * index + attempt
-        frames, success = record_episode(_worker_env, seed, cfg.noise_deg)
+        seed = cfg.seed + SEEDS_PER_EPISODE * scene + attempt
+        frames, success = record_episode(_worker_env, seed, cfg.noise_deg, color)
         if success:
             return EpisodeRecording(
                 index=index,
@@ -135,6 +146,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
 
     from smolvla_kit.data import LeRobotDatasetWriter, so101_features
 
+    if cfg.every_colour and cfg.task != "pick_place":
+        raise ValueError(f"every_colour needs the pick_place task (cubes to name); got task {cfg.task!r}.")
     features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
     writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
     start = writer.num_episodes

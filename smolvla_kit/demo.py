@@ -72,7 +72,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     print(f"[1/4] collecting {cfg.episodes} scripted demonstrations of {cfg.task} ...")
     t = time.perf_counter()
     data = collect(CollectConfig(out=out / "data", task=cfg.task, episodes=cfg.episodes, workers=cfg.workers,
-                                 image_size=cfg.image_size, seed=cfg.seed))
+                                 image_size=cfg.image_size, every_colour=cfg.task == "pick_place", seed=cfg.seed))
     timings["collect_s"] = time.perf_counter() - t
 
     print(f"[2/4] training nano for up to {cfg.train_minutes:g} min / {cfg.steps} steps ...")
