@@ -47,6 +47,18 @@ def test_collect_writes_a_lerobot_dataset(dataset):
     assert info["features"]["observation.images.wrist"]["shape"][:2] == [64, 64]
 
 
+def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
+    root = tmp_path / "pairs"
+    collect(CollectConfig(out=root, episodes=2, image_size=48, workers=1, every_colour=True, progress=False))
+    reader = LeRobotDatasetReader(root)
+    first, second = reader.episode(0), reader.episode(1)
+    assert np.array_equal(first.states[0], second.states[0])  # the same scene (its random start pose) ...
+    assert "red" in first.task and "green" in second.task  # ... fetched once per colour
+    assert not np.allclose(first.actions[:40], second.actions[:40], atol=1.0)
+    with pytest.raises(ValueError, match="every_colour"):
+        collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, every_colour=True, progress=False))
+
+
 def test_collection_killed_keeps_finished_episodes_and_resumes(tmp_path, dataset):
     root = tmp_path / "killed"
     script = textwrap.dedent(
