@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
     parser.add_argument("--camera-warmup-steps", type=int, default=0,
                         help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
+    parser.add_argument("--every-colour", action="store_true",
+                        help="record each scene once per cube colour named (CollectConfig.every_colour)")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect
@@ -52,7 +54,7 @@ def main() -> None:
     data = args.work / "data"
     t0 = time.perf_counter()
     summary = collect(CollectConfig(out=data, task=args.task, episodes=args.episodes, image_size=args.image_size,
-                                    progress=False))
+                                    every_colour=args.every_colour, progress=False))
     collect_s = time.perf_counter() - t0
     print(f"collected {summary['episodes']} episodes / {summary['frames']} frames in {collect_s / 60:.1f} min")
 
@@ -89,7 +91,8 @@ def main() -> None:
         rows,
         task=args.task,
         dataset={"episodes": summary["episodes"], "frames": summary["frames"], "image_size": args.image_size,
-                 "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"]},
+                 "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"],
+                 "every_colour": args.every_colour},
         train_threads=cpu_threads(args.threads),
         note="training wall-clock excludes evaluation; held-out seeds from 10,000,000; each scene played once per colour",
     )
