@@ -8,8 +8,9 @@ the same command again resumes: the writer drops any half-written episode and nu
 
 Seeds: episode k is recorded from seed `seed + 1000 * k + r`, where r counts the expert's failed attempts at that
 episode (failed attempts are not recorded); with `every_colour`, from `seed + 1000 * (k // colours) + r`. The
-sequence depends only on k, so a resumed run records exactly what an uninterrupted one would have. Evaluation draws its seeds from `HELD_OUT_SEED_START` upwards, a range training
-data never reaches (fewer than 10,000 episodes).
+sequence depends only on k, so a resumed run records exactly what an uninterrupted one would have. Evaluation
+draws its seeds from `HELD_OUT_SEED_START` upwards, a range training data never reaches (fewer than 10,000
+episodes).
 """
 
 from __future__ import annotations

@@ -426,4 +426,6 @@ def plot_loss(log_path: Path, out: Path) -> Path | None:
     return save_figure(plot_loss_curve(log["step"], log["loss"]), out)
 
 
-__all__ = ["TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train"]
+__all__ = [
+    "TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
+]
