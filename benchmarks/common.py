@@ -13,6 +13,31 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+# Larger shapes of `nano` (changes to its VLM config, then SmolVLAConfig overrides), measured by policy_speed.py
+# and learning_curve.py --variant: what a bigger nano would cost and whether it learns more per minute.
+NANO_VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
+    "nano-text256": ({"text_config": dict(hidden_size=256, intermediate_size=1024)}, {"expert_width_multiplier": 0.25}),
+    "nano-text320": ({"text_config": dict(hidden_size=320, intermediate_size=1280)}, {"expert_width_multiplier": 0.2}),
+    "nano-vision128": ({"vision_config": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                              num_attention_heads=4)}, {}),
+}
+
+
+def nano_variant_overrides(variant: str) -> dict[str, Any]:
+    """SmolVLAConfig.preset("nano", **overrides) for `variant` ("nano" itself: no overrides)."""
+    if variant == "nano":
+        return {}
+    import copy
+
+    from smolvla_kit.policy.config import NANO_VLM_CONFIG
+
+    vlm_changes, overrides = NANO_VARIANTS[variant]
+    vlm = copy.deepcopy(NANO_VLM_CONFIG)
+    for part, values in vlm_changes.items():
+        vlm[part].update(values)
+    return {"vlm_config": vlm, **overrides}
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count and the versions that matter for the figures."""
     cpu = platform.processor() or platform.machine()

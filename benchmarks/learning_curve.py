@@ -4,7 +4,7 @@
     python benchmarks/learning_curve.py --train-minutes 5 --episodes 60 --eval-episodes 5   # a quick look
 
 1. Collects scripted pick-and-place demonstrations with distractor cubes (timed separately).
-2. Trains `nano` for `--train-minutes`, pausing at evenly spaced times to checkpoint.
+2. Trains `nano` (or a larger `--variant`) for `--train-minutes`, pausing at evenly spaced times to checkpoint.
 3. Evaluates every checkpoint on held-out seeds; each scene is played once per cube colour with the instruction
    naming it, so `success` needs the right cube and `wrong_cube` counts the other one landing in the bin (a
    policy that ignored the instruction would score about 50 % wrong).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import print_table, write_results  # noqa: E402
+from common import NANO_VARIANTS, nano_variant_overrides, print_table, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -45,6 +45,8 @@ def main() -> None:
                         help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
     parser.add_argument("--every-colour", action="store_true",
                         help="record each scene once per cube colour named (CollectConfig.every_colour)")
+    parser.add_argument("--variant", default="nano", choices=["nano", *NANO_VARIANTS],
+                        help="a larger nano shape (benchmarks/common.py); results go to learning_curve_<variant>.json")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect
@@ -65,7 +67,8 @@ def main() -> None:
         result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
                                    max_minutes=minutes, save_every=10**9, num_threads=args.threads,
                                    lr=args.lr, start_share=args.start_share,
-                                   camera_warmup_steps=args.camera_warmup_steps, progress=False))
+                                   camera_warmup_steps=args.camera_warmup_steps,
+                                   policy_overrides=nano_variant_overrides(args.variant), progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,
                                  episodes=args.eval_episodes, videos=1, trajectories=1, progress=False))
@@ -87,9 +90,10 @@ def main() -> None:
     print()
     print_table(rows, ["train_minutes", "steps", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"])
     path = write_results(
-        "learning_curve",
+        "learning_curve" if args.variant == "nano" else f"learning_curve_{args.variant}",
         rows,
         task=args.task,
+        variant=args.variant,
         dataset={"episodes": summary["episodes"], "frames": summary["frames"], "image_size": args.image_size,
                  "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"],
                  "every_colour": args.every_colour},

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info  # noqa: E402
+from common import NANO_VARIANTS, machine_info, nano_variant_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "policy_speed.json"
@@ -50,28 +50,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-# Larger shapes of `nano` (changes to its VLM config; the expert stays 64 wide): what a bigger nano would cost.
-NANO_VARIANTS = {
-    "nano-text256": ({"text_config": dict(hidden_size=256, intermediate_size=1024)}, {"expert_width_multiplier": 0.25}),
-    "nano-text320": ({"text_config": dict(hidden_size=320, intermediate_size=1280)}, {"expert_width_multiplier": 0.2}),
-    "nano-vision128": ({"vision_config": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                              num_attention_heads=4)}, {}),
-}
-
-
 def nano_config(preset: str):
-    import copy
-
     from smolvla_kit.policy import SmolVLAConfig
-    from smolvla_kit.policy.config import NANO_VLM_CONFIG
 
-    if preset == "nano":
-        return SmolVLAConfig.preset("nano")
-    vlm_changes, overrides = NANO_VARIANTS[preset]
-    vlm = copy.deepcopy(NANO_VLM_CONFIG)
-    for part, values in vlm_changes.items():
-        vlm[part].update(values)
-    return SmolVLAConfig.preset("nano", vlm_config=vlm, **overrides)
+    return SmolVLAConfig.preset("nano", **nano_variant_overrides(preset))
 
 
 def build(preset: str):

@@ -4,7 +4,9 @@
 
 Episodes run in worker processes (one per core by default); the main process writes each finished episode to
 disk, in episode order, before it takes the next one, so a killed run keeps every episode it finished. Running
-the same command again resumes: the writer drops any half-written episode and numbering continues.
+the same command again resumes: the writer drops any half-written episode and numbering continues. The settings
+that decide what an episode holds are kept in `meta/kit_collect.json`; resuming with different ones is refused,
+since the dataset would silently mix two recipes.
 
 Seeds: episode k is recorded from seed `seed + 1000 * k + r`, where r counts the expert's failed attempts at that
 episode (failed attempts are not recorded); with `every_colour`, from `seed + 1000 * (k // colours) + r`. The
@@ -15,6 +17,7 @@ episodes).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ import numpy as np
 
 HELD_OUT_SEED_START = 10_000_000
 SEEDS_PER_EPISODE = 1000
+SETTINGS_FILE = "meta/kit_collect.json"
 
 
 @dataclass
@@ -141,6 +145,34 @@ def _run_episode(index: int) -> EpisodeRecording | None:
     return None
 
 
+def _recipe(cfg: CollectConfig) -> dict[str, Any]:
+    """The settings that decide what episode k holds (the worker count and the progress bar do not)."""
+    return {"task": cfg.task, "image_size": cfg.image_size, "num_cubes": cfg.num_cubes, "noise_deg": cfg.noise_deg,
+            "randomize": cfg.randomize, "seed": cfg.seed, "every_colour": cfg.every_colour}
+
+
+def _check_recipe(root: Path, cfg: CollectConfig, committed: int) -> None:
+    """Refuse to append to a dataset recorded with other settings; record the settings of a new one."""
+    path = root / SETTINGS_FILE
+    recipe = _recipe(cfg)
+    if committed and path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
+        differ = {k: (recorded.get(k), v) for k, v in recipe.items() if recorded.get(k) != v}
+        if differ:
+            changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
+            raise ValueError(
+                f"{root} holds {committed} episodes recorded with {changes} ({path}). Resume with the same "
+                "settings, or record into a new --out folder."
+            )
+        return
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(recipe, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Record until the dataset at `cfg.out` holds `cfg.episodes` episodes. Returns a summary."""
     from tqdm.auto import tqdm
@@ -157,6 +189,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     workers = cfg.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo) or 1))
     try:
+        _check_recipe(Path(cfg.out), cfg, start)
         if todo:
             ctx = mp.get_context("spawn")  # fresh interpreters: no inherited OpenGL contexts or torch threads
             with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool, tqdm(

@@ -55,6 +55,10 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     assert np.array_equal(first.states[0], second.states[0])  # the same scene (its random start pose) ...
     assert "red" in first.task and "green" in second.task  # ... fetched once per colour
     assert not np.allclose(first.actions[:40], second.actions[:40], atol=1.0)
+    # Resuming with the other recipe would mix two kinds of episode: refused, naming the setting and the file.
+    with pytest.raises(ValueError, match=r"every_colour=True \(now False\).*kit_collect\.json"):
+        collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, progress=False))
+    assert LeRobotDatasetReader(root).num_episodes == 2
     with pytest.raises(ValueError, match="every_colour"):
         collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, every_colour=True, progress=False))
 
