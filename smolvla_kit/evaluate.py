@@ -50,17 +50,22 @@ class EvalConfig:
     progress: bool = True
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from a folder or from a run's `checkpoints/last` pointer file."""
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A checkpoint folder from a folder, a run's `checkpoints/last` pointer file or the name of a checkpoint the
+    kit ships (`kit:nano-pick-place`, see `smolvla_kit.trained`)."""
     from smolvla_kit.train import CHECKPOINTS, LAST, latest_checkpoint
+    from smolvla_kit.trained import SHIPPED
 
+    if str(path) in SHIPPED:
+        return SHIPPED[str(path)]
     path = Path(path)
     if path.is_file() and path.name == LAST and path.parent.name == CHECKPOINTS:
         path = latest_checkpoint(path.parent.parent)
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "
-            f"outputs/train/nano/checkpoints/step_003000, or the run's checkpoints/last file."
+            f"outputs/train/nano/checkpoints/step_003000, the run's checkpoints/last file, or one the kit ships: "
+            f"{', '.join(SHIPPED)}."
         )
     return path
 

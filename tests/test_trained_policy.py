@@ -1,4 +1,4 @@
-"""Behaviour that needs a trained policy, checked on the kit-trained `nano` in tests/assets/nano_pick_place.
+"""Behaviour that needs a trained policy, checked on the `nano` the kit ships (`kit:nano-pick-place`).
 
 Language is used: on held-out scenes, the same policy told "red" goes for the red cube and told "green" goes for
 the green one. The full figure (success and grasps per instruction, wrong-cube rate) is in
@@ -7,7 +7,6 @@ benchmarks/results/learning_curve.json.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +15,15 @@ import torch
 from smolvla_kit.collect import HELD_OUT_SEED_START
 from smolvla_kit.policy import SmolVLAPolicy
 from smolvla_kit.sim import SO101Env
+from smolvla_kit.trained import NANO_PICK_PLACE
 
-ASSET = Path(__file__).parent / "assets" / "nano_pick_place"
 STEPS = 100  # two chunks: the approach and the grasp
 
 
 @pytest.fixture(scope="module")
 def policy_and_env():
     torch.set_num_threads(1)
-    policy = SmolVLAPolicy.from_pretrained(ASSET).eval()
+    policy = SmolVLAPolicy.from_pretrained(NANO_PICK_PLACE).eval()
     env = SO101Env(task="pick_place", image_size=96, cameras=("front", "wrist"))
     yield policy, env
     env.close()
@@ -61,8 +60,9 @@ def test_the_instruction_decides_which_cube_the_arm_goes_for(policy_and_env):
 def test_eval_can_run_the_policy_in_bfloat16(tmp_path):
     from smolvla_kit.evaluate import EvalConfig, evaluate
 
-    summary = evaluate(EvalConfig(checkpoint=ASSET, out=tmp_path, episodes=2, max_steps=20, videos=0, trajectories=0,
-                                  dtype="bfloat16", num_threads=1, progress=False))
+    # By its shipped name, as `smolvla-kit eval --checkpoint kit:nano-pick-place` takes it.
+    summary = evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path, episodes=2, max_steps=20,
+                                  videos=0, trajectories=0, dtype="bfloat16", num_threads=1, progress=False))
     assert summary["episodes"] == 4 and summary["sensitivity_deg"]["language"] > 1.0  # it still listens
     with pytest.raises(ValueError, match="float16"):
-        evaluate(EvalConfig(checkpoint=ASSET, out=tmp_path, dtype="float16", progress=False))
+        evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path, dtype="float16", progress=False))
