@@ -13,10 +13,11 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-# Larger shapes of `nano` (changes to its VLM config, then SmolVLAConfig overrides), measured by policy_speed.py
-# and learning_curve.py --variant: what a bigger nano would cost and whether it learns more per minute.
+# Other shapes of `nano` (changes to its VLM config, then SmolVLAConfig overrides), measured by policy_speed.py
+# and learning_curve.py --variant: what another size would cost and whether it learns more per minute.
 NANO_VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
-    "nano-text256": ({"text_config": dict(hidden_size=256, intermediate_size=1024)}, {"expert_width_multiplier": 0.25}),
+    # nano's shape until its text model was widened to 256 (958,560 parameters)
+    "nano-text128": ({"text_config": dict(hidden_size=128, intermediate_size=512)}, {"expert_width_multiplier": 0.5}),
     "nano-text320": ({"text_config": dict(hidden_size=320, intermediate_size=1280)}, {"expert_width_multiplier": 0.2}),
     "nano-vision128": ({"vision_config": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                                               num_attention_heads=4)}, {}),

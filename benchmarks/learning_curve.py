@@ -4,7 +4,7 @@
     python benchmarks/learning_curve.py --train-minutes 5 --episodes 60 --eval-episodes 5   # a quick look
 
 1. Collects scripted pick-and-place demonstrations with distractor cubes (timed separately).
-2. Trains `nano` (or a larger `--variant`) for `--train-minutes`, pausing at evenly spaced times to checkpoint.
+2. Trains `nano` (or another shape, `--variant`) for `--train-minutes`, pausing at evenly spaced times to checkpoint.
 3. Evaluates every checkpoint on held-out seeds; each scene is played once per cube colour with the instruction
    naming it, so `success` needs the right cube and `wrong_cube` counts the other one landing in the bin (a
    policy that ignored the instruction would score about 50 % wrong).
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--every-colour", action="store_true",
                         help="record each scene once per cube colour named (CollectConfig.every_colour)")
     parser.add_argument("--variant", default="nano", choices=["nano", *NANO_VARIANTS],
-                        help="a larger nano shape (benchmarks/common.py); results go to learning_curve_<variant>.json")
+                        help="another nano shape (benchmarks/common.py); results go to learning_curve_<variant>.json")
     args = parser.parse_args()
 
     from smolvla_kit.collect import CollectConfig, collect

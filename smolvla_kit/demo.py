@@ -36,8 +36,8 @@ class DemoConfig:
     """Camera resolution recorded (nano looks at 96 x 96)."""
     train_minutes: float = 20.0
     """Training time budget (the run stops at this or at `steps`, whichever comes first)."""
-    steps: int = 10_000
-    """Optimiser steps: the learning-rate schedule's length (about 20 min at 9 steps/s on 2 cores)."""
+    steps: int = 7_000
+    """Optimiser steps: the learning-rate schedule's length (about 18 min at 6.5 steps/s on 2 cores)."""
     camera_warmup_steps: int = 3_000
     """First steps on episode starts with the joint state hidden (TrainConfig.camera_warmup_steps)."""
     lr: float = 1e-3
