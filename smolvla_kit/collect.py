@@ -152,7 +152,8 @@ def _recipe(cfg: CollectConfig) -> dict[str, Any]:
 
 
 def _check_recipe(root: Path, cfg: CollectConfig, committed: int) -> None:
-    """Refuse to append to a dataset recorded with other settings; record the settings of a new one."""
+    """Refuse to append to a dataset recorded with other settings. A new dataset, or one recorded before the kit
+    kept this file, gets the current settings written down."""
     path = root / SETTINGS_FILE
     recipe = _recipe(cfg)
     if committed and path.exists():

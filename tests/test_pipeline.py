@@ -59,6 +59,10 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     with pytest.raises(ValueError, match=r"every_colour=True \(now False\).*kit_collect\.json"):
         collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, progress=False))
     assert LeRobotDatasetReader(root).num_episodes == 2
+    (root / "meta" / "kit_collect.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"kit_collect\.json: unreadable"):
+        collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, every_colour=True, progress=False))
+    assert LeRobotDatasetReader(root).num_episodes == 2
     with pytest.raises(ValueError, match="every_colour"):
         collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, every_colour=True, progress=False))
 

@@ -7,7 +7,6 @@ benchmarks/results/learning_curve.json.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
