@@ -4,7 +4,8 @@
 
 Seeds start at `HELD_OUT_SEED_START`, a range the training data never reaches. Each seed's scene is played once
 per cube colour, the instruction naming that colour, so the table shows whether the policy follows the words:
-`success` counts the named cube in the bin, `wrong_cube` counts another cube there instead.
+`success` counts the named cube in the bin, `wrong_cube` counts another cube there instead. Each episode seeds the
+sampler's noise with its scene's seed, so the same checkpoint and settings give the same table on the same machine.
 
 Outputs in `--out`: `eval.json` (every episode and the summary), `rollout_XX.mp4` (front | wrist side by side),
 and `denoising.safetensors` (the x_t of every Euler step of the first chunk of a few episodes, with the
@@ -81,6 +82,7 @@ def run_episode(
     """Play one episode with the policy; return the outcome (and frames / denoising if asked)."""
     obs, info = env.reset(seed=seed, options={"target_color": target_color})
     policy.reset()
+    torch.manual_seed(seed)  # the sampler's noise: an episode replays exactly, whatever ran before it
     frames: list[np.ndarray] = []
     denoising = None
     steps = 0

@@ -65,3 +65,14 @@ def test_eval_can_run_the_policy_in_bfloat16(tmp_path):
     assert summary["episodes"] == 4 and summary["sensitivity_deg"]["language"] > 1.0  # it still listens
     with pytest.raises(ValueError, match="float16"):
         evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path, dtype="float16", progress=False))
+
+
+def test_an_evaluation_episode_replays_exactly(policy_and_env):
+    from smolvla_kit.evaluate import run_episode
+
+    policy, env = policy_and_env
+    first = run_episode(policy, env, HELD_OUT_SEED_START + 7, "red", record_denoising=True)
+    torch.randn(100)  # whatever ran in between must not change the sampler's noise
+    again = run_episode(policy, env, HELD_OUT_SEED_START + 7, "red", record_denoising=True)
+    assert torch.equal(first["denoising"]["trajectory"], again["denoising"]["trajectory"])
+    assert (first["steps"], first["success"], first["grasped"]) == (again["steps"], again["success"], again["grasped"])

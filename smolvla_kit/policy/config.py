@@ -186,6 +186,9 @@ class SmolVLAConfig:
                 image_size=96,
                 num_vlm_layers=2,  # layer 0 joint self-attention, layer 1 cross-attention
                 expert_width_multiplier=0.25,  # expert width 64: it runs 10 times per chunk
+                # Replan every 10 actions (a third of a second): a small policy trained from scratch drifts
+                # over a whole open-loop chunk and corrects itself when it looks again (benchmarks/action_steps.py).
+                n_action_steps=10,
                 tokenizer_max_length=24,
                 pad_language_to="longest",  # short instructions: fewer prefix tokens, same result
                 # A model trained from scratch must train its VLM too: nothing in it is pretrained.
