@@ -20,6 +20,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import textwrap
 import typing
@@ -188,17 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a missing device rather than a bug: the CLI prints their message alone."""
+    from smolvla_kit.data.layout import DatasetError
+    from smolvla_kit.deploy.client import PolicyServerError
+    from smolvla_kit.deploy.protocol import ProtocolError
+    from smolvla_kit.robot.calibration import CalibrationError
+    from smolvla_kit.robot.cameras import CameraError
+    from smolvla_kit.robot.feetech import FeetechError
+    from smolvla_kit.robot.so101 import RobotError
+
+    return (FileNotFoundError, ValueError, DatasetError, PolicyServerError, ProtocolError, CalibrationError,
+            CameraError, FeetechError, RobotError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _PASSTHROUGH:
-        return _PASSTHROUGH[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] in _PASSTHROUGH:
+            return _PASSTHROUGH[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted: everything finished before this point is saved; re-run the command to resume.",
               file=sys.stderr)
         return 130
+    except Exception as err:
+        # The kit's messages name the file, key or value and what to do; a traceback would bury them.
+        if os.environ.get("SMOLVLA_KIT_TRACEBACK") or not isinstance(err, _input_errors()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        print("(SMOLVLA_KIT_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
