@@ -209,6 +209,32 @@ def test_loss_ignores_padded_steps_and_padded_dims(policy):
     torch.testing.assert_close(loss1, expected)
 
 
+def test_several_noise_samples_share_one_prefix_pass():
+    # K draws per frame through the cached prefix must equal K separate uncached losses, gradients included.
+    torch.manual_seed(0)
+    p = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=make_stats()).train()
+    K, batch = 3, make_obs(2)
+    batch["action"] = torch.randn(2, 50, ACTION_DIM) * 10
+    batch["action_is_pad"] = torch.zeros(2, 50, dtype=torch.bool)
+    batch["action_is_pad"][1, 30:] = True
+    noise, time = torch.randn(2 * K, 50, 32), torch.rand(2 * K) * 0.9 + 0.05
+    shared, _ = p.forward(batch, noise=noise, time=time, noise_samples=K)
+    shared_grads = torch.autograd.grad(shared, list(p.trainable_parameters()))
+    # The same frames repeated K times (rows b*K .. b*K+K-1), one uncached pass each.
+    repeated = {k: (v.repeat_interleave(K, 0) if torch.is_tensor(v) else [x for x in v for _ in range(K)])
+                for k, v in batch.items()}
+    separate, _ = p.forward(repeated, noise=noise, time=time)
+    separate_grads = torch.autograd.grad(separate, list(p.trainable_parameters()))
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
+    for a, b in zip(shared_grads, separate_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # Different draws per copy: the K losses are not one loss counted K times.
+    one, _ = p.forward(batch, noise=noise[::K], time=time[::K])
+    assert abs(one.item() - shared.item()) > 1e-3
+    with pytest.raises(ValueError, match=r"noise has 2 rows; with noise_samples=3 it needs batch x 3 = 6"):
+        p.forward(batch, noise=noise[::K], time=time, noise_samples=K)
+
+
 def test_parameter_counts_and_freezing(policy):
     nano = policy
     n = sum(p.numel() for p in nano.parameters())

@@ -51,15 +51,20 @@ class SmolVLAPolicy(nn.Module):
         self._queue.clear()
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None):
+    def forward(
+        self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1
+    ):
         """Flow-matching loss on a batch -> (loss, info). Cropped to the real action dims, padding masked.
 
         `batch` holds the observation keys plus `"action"` (B, T, A) and optionally `"action_is_pad"` (B, T).
+        `noise_samples` > 1 averages that many noise draws per frame over one pass of the VLM (`SmolVLAModel.loss`).
         """
         device = self.device
         inputs = self.processor.preprocess(batch, device)
         actions, is_pad = self.processor.prepare_actions(batch, device)
-        losses = self.model.loss(**inputs, actions=actions, noise=noise, time=time)  # (B, T, 32)
+        losses = self.model.loss(  # (B, T, 32)
+            **inputs, actions=actions, noise=noise, time=time, noise_samples=noise_samples
+        )
         losses = losses[:, :, : self.config.action_dim]  # padded dims are not the model's job
         if is_pad is not None:
             valid = ~is_pad  # steps past the episode end carry no target

@@ -481,27 +481,64 @@ class SmolVLAModel(nn.Module):
         out, _ = self.vlm_with_expert(embs_p, embs_s, mask_to_bias(mask), positions)
         return self._velocity(out)
 
+    def prefill(self, prefix: tuple[Tensor, Tensor, Tensor], copies: int = 1) -> tuple[PrefixCache, Tensor, Tensor]:
+        """Run the prefix through the VLM once -> (cache, bias (B*copies, 1, S, P+S), positions (B*copies, P+S)).
+
+        The cache serves any number of suffixes: the Euler steps of one chunk, or (`copies` > 1, training)
+        several noisy versions of one frame's actions. Copies are consecutive: rows b*copies .. b*copies+copies-1.
+        """
+        embs_p, pad_p, flags_p = prefix
+        mask_pp = block_causal_mask(pad_p, flags_p)
+        pos_p = torch.cumsum(pad_p.long(), dim=1) - 1
+        _, cache = self.vlm_with_expert(embs_p, None, mask_to_bias(mask_pp), pos_p, fill_cache=True)
+        if copies > 1:
+            cache.kv = [None if kv is None else tuple(x.repeat_interleave(copies, 0) for x in kv) for kv in cache.kv]
+            pad_p, flags_p, pos_p = (x.repeat_interleave(copies, 0) for x in (pad_p, flags_p, pos_p))
+        cache.pad_mask = pad_p
+        # The suffix's mask and positions are the same at every step: build them once.
+        S = self.config.chunk_size
+        pad_s = torch.ones(pad_p.shape[0], S, dtype=torch.bool, device=pad_p.device)
+        mask = block_causal_mask(torch.cat([pad_p, pad_s], 1), torch.cat([flags_p, pad_s], 1))[:, -S:]
+        positions = torch.cat([pos_p, pad_p.sum(1, keepdim=True) + torch.cumsum(pad_s.long(), 1) - 1], 1)
+        return cache, mask_to_bias(mask), positions
+
     # -- training ------------------------------------------------------------------------------
     def loss(
         self, images, img_masks, lang_tokens, lang_masks, state, actions: Tensor,
-        noise: Tensor | None = None, time: Tensor | None = None,
+        noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1,
     ) -> Tensor:
         """Flow-matching loss per element (B, T, A_max), not yet cropped or masked.
 
         Convention of the code (and of the checkpoints): noise at t=1, data at t=0;
         x_t = t * noise + (1 - t) * actions and the target velocity is noise - actions.
+
+        `noise_samples` K > 1 draws K (noise, time) pairs per frame and averages their losses. The prefix (the
+        costly VLM part) runs once and only the small expert runs K times, so each step sees K times as many
+        flow-matching targets for a little more compute. `noise` is then (B*K, T, A_max) and `time` (B*K,).
         """
+        K = noise_samples
+        targets = actions.repeat_interleave(K, 0) if K > 1 else actions  # (B*K, T, A_max)
+        for name, given in (("noise", noise), ("time", time)):
+            if given is not None and given.shape[0] != targets.shape[0]:
+                rows = targets.shape[0]
+                raise ValueError(f"{name} has {given.shape[0]} rows; with noise_samples={K} it needs batch x {K} = {rows}.")
         if noise is None:
-            noise = torch.randn_like(actions)
+            noise = torch.randn_like(targets)
         if time is None:  # Beta(1.5, 1) leans towards t=1 (noisier inputs), kept away from 0
             beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
-            time = (beta.sample((actions.shape[0],)) * 0.999 + 0.001).to(actions.device)
+            time = (beta.sample((targets.shape[0],)) * 0.999 + 0.001).to(actions.device)
         t = time[:, None, None]
-        x_t = t * noise + (1 - t) * actions
-        u_t = noise - actions
+        x_t = t * noise + (1 - t) * targets
+        u_t = noise - targets
         prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state)
-        v_t = self.velocity_uncached(prefix, x_t, time)
-        return F.mse_loss(v_t, u_t, reduction="none")
+        if K == 1:
+            v_t = self.velocity_uncached(prefix, x_t, time)
+            return F.mse_loss(v_t, u_t, reduction="none")
+        cache, bias, positions = self.prefill(prefix, copies=K)
+        embs_s, _, _ = self.embed_suffix(x_t, time)
+        out, _ = self.vlm_with_expert(None, embs_s, bias, positions, cache=cache)
+        losses = F.mse_loss(self._velocity(out), u_t, reduction="none")  # (B*K, T, A_max)
+        return losses.unflatten(0, (actions.shape[0], K)).mean(1)
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -520,17 +557,7 @@ class SmolVLAModel(nn.Module):
         prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state)
 
         if use_cache:
-            embs_p, pad_p, flags_p = prefix
-            mask_pp = block_causal_mask(pad_p, flags_p)
-            pos_p = torch.cumsum(pad_p.long(), dim=1) - 1
-            _, cache = self.vlm_with_expert(embs_p, None, mask_to_bias(mask_pp), pos_p, fill_cache=True)
-            cache.pad_mask = pad_p
-            # The suffix's mask and positions are the same at every step: build them once.
-            S = self.config.chunk_size
-            pad_s = torch.ones(B, S, dtype=torch.bool, device=state.device)
-            mask = block_causal_mask(torch.cat([pad_p, pad_s], 1), torch.cat([flags_p, pad_s], 1))[:, -S:]
-            bias = mask_to_bias(mask)  # (B, 1, S, P+S)
-            positions = torch.cat([pos_p, pad_p.sum(1, keepdim=True) + torch.cumsum(pad_s.long(), 1) - 1], 1)
+            cache, bias, positions = self.prefill(prefix)
 
         dt = -1.0 / num_steps
         times = [torch.full((B,), 1.0 + step * dt, dtype=torch.float32, device=noise.device) for step in range(num_steps)]
