@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
     parser.add_argument("--camera-warmup-steps", type=int, default=0,
                         help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
+    parser.add_argument("--noise-samples", type=int, default=1,
+                        help="noise draws per frame in the loss (TrainConfig.noise_samples)")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="evaluate a moving average of the weights (TrainConfig.ema_decay; 0: off)")
     parser.add_argument("--every-colour", action="store_true",
                         help="record each scene once per cube colour named (CollectConfig.every_colour)")
     parser.add_argument("--variant", default="nano", choices=["nano", *NANO_VARIANTS],
@@ -68,6 +72,7 @@ def main() -> None:
                                    max_minutes=minutes, save_every=10**9, num_threads=args.threads,
                                    lr=args.lr, start_share=args.start_share,
                                    camera_warmup_steps=args.camera_warmup_steps,
+                                   noise_samples=args.noise_samples, ema_decay=args.ema_decay,
                                    policy_overrides=nano_variant_overrides(args.variant), progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,

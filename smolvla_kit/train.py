@@ -7,9 +7,10 @@ What happens, step by step:
 1. The dataset is checked against the policy (state and action sizes, an explicit camera map) and its
    mean/std statistics are read from `meta/stats.json` into the policy, which normalises inside itself.
 2. AdamW with linear warm-up then cosine decay, gradient clipping, on CUDA or MPS when present and otherwise
-   `torch.set_num_threads(cores - 1)` on the CPU.
+   `torch.set_num_threads(cores - 1)` on the CPU. `noise_samples` draws several noise levels per frame.
 3. Every `save_every` steps a checkpoint goes to `out/checkpoints/step_XXXXXX/` (safetensors + JSON, written to a
    temporary folder and renamed, so a kill never leaves half a checkpoint) and `out/checkpoints/last` names it.
+   With `ema_decay` its policy is a moving average of the weights; the raw weights stay in its training state.
 4. Running the same command again resumes exactly: weights, optimiser moments, the schedule and every random
    draw continue as if the run had never stopped (each step's batch and noise derive from the seed and the step).
 5. `out/loss.csv` gets a row per logged step; `out/loss.png` is redrawn at each checkpoint.
@@ -17,6 +18,7 @@ What happens, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -25,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +74,14 @@ class TrainConfig:
     state shows and never starts reading its cameras; with the state hidden and the arm at home, only the cameras
     and the instruction say where to go. Ordinary batches (and `start_share`) follow."""
     camera_warmup_frames: int = 3
+    noise_samples: int = 1
+    """Noise draws per frame in the flow-matching loss. The VLM runs once per frame and only the small expert
+    runs for each draw, so K > 1 gives each step K times as many targets for a little more compute."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights (0: off; e.g. 0.999 averages over about 1,000 steps) and
+    save it as the checkpoint's policy, as Diffusion Policy does. The raw weights go in the training state, for
+    resuming. The average starts again when the camera warm-up ends: its steps train another objective (the state
+    hidden). A run must keep the setting it started with."""
     seed: int = 0
     num_threads: int = 0
     """CPU threads for torch; 0 = cores - 1 (at least 1)."""
@@ -147,12 +157,14 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 
 
 def save_checkpoint(
-    run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig, dataset: dict[str, Any]
+    run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig, dataset: dict[str, Any],
+    ema: WeightAverage | None = None,
 ) -> Path:
     """Write `run/checkpoints/step_<step>/` atomically and point `run/checkpoints/last` at it.
 
     `dataset` records what the policy was trained on (folder, fps, camera image sizes), so evaluation can render
-    the simulator's cameras at the same size.
+    the simulator's cameras at the same size. With `ema`, the policy saved is the average and the raw weights
+    join the training state.
     """
     from safetensors.torch import save_file
 
@@ -160,8 +172,13 @@ def save_checkpoint(
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
     tensors, plain = _optimizer_tensors(optimizer)
+    if ema is None:
+        policy.save_pretrained(tmp)
+    else:
+        tensors.update({f"raw.{name}": value for name, value in ema.raw_state().items()})
+        with ema.swapped_in():
+            policy.save_pretrained(tmp)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "training_state.safetensors"))
     (tmp / "training_state.json").write_text(
@@ -199,6 +216,56 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights (`TrainConfig.ema_decay`).
+
+    The share kept ramps up as n / (n + 10) to `decay`, n counting the steps since the average (re)started: the
+    first update replaces it, so nothing from before (random weights, another phase of training) lingers.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.average = {name: p.detach().clone() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, n: int) -> None:
+        """Fold the weights into the average after the n-th step (from 0) since it (re)started."""
+        keep = min(self.decay, n / (n + 10))
+        for name, p in self.params.items():
+            self.average[name].lerp_(p.detach(), 1.0 - keep)
+
+    def raw_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().contiguous() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_raw(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
+        """Resume: the model holds the average (the saved policy); put the raw weights back from `tensors`."""
+        missing = [name for name in self.params if f"raw.{name}" not in tensors]
+        if missing:
+            raise ValueError(
+                f"{source} has no raw weights for {missing[0]} (and {len(missing) - 1} more): it was saved without "
+                f"ema_decay. Resume it with ema_decay 0, or start a new run folder."
+            )
+        self.average = {name: p.detach().clone() for name, p in self.params.items()}
+        for name, p in self.params.items():
+            p.copy_(tensors[f"raw.{name}"])
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Inside the block the model holds the average (to save it); the raw weights come back after."""
+        raw = {name: p.detach().clone() for name, p in self.params.items()}
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.average[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(raw[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,6 +325,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
 
     if not 0.0 <= cfg.start_share <= 1.0:
         raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
+    if cfg.noise_samples < 1:
+        raise ValueError(f"noise_samples must be at least 1, got {cfg.noise_samples}.")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
     if cfg.camera_warmup_steps < 0 or cfg.camera_warmup_frames < 1:
         raise ValueError(
             f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
@@ -306,6 +377,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         policy.trainable_parameters(), lr=peak, betas=pcfg.optimizer_betas, eps=pcfg.optimizer_eps,
         weight_decay=pcfg.optimizer_weight_decay,
     )
+    ema = WeightAverage(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start = 0
     if resume_from is not None:
         from safetensors.torch import load_file
@@ -315,6 +387,13 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         _load_optimizer(optimizer, tensors, state["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
         start = int(state["step"])
+        if ema is not None:
+            ema.load_raw(tensors, resume_from / "training_state.safetensors")
+        elif any(key.startswith("raw.") for key in tensors):
+            raise ValueError(
+                f"{resume_from} was saved with ema_decay {state['train_config'].get('ema_decay')}: its policy weights "
+                f"are an average. Resume it with the same ema_decay."
+            )
 
     log_path = run / "loss.csv"
     _truncate_log(log_path, start)
@@ -339,7 +418,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
                 group["lr"] = lr
             batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
-            loss, _ = policy(batch)
+            loss, _ = policy(batch, noise_samples=cfg.noise_samples)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"The loss became {loss.item()} at step {step}. The last checkpoint "
@@ -349,6 +428,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(step - cfg.camera_warmup_steps if step >= cfg.camera_warmup_steps else step)
             step += 1
             recent.append(loss.item())
             bar.update(1)
@@ -365,7 +446,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
                 recent = []
             if step % cfg.save_every == 0:
-                save_checkpoint(run, step, policy, optimizer, cfg, dataset_info)
+                save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema)
                 last_saved = step
                 plot_loss(log_path, run / "loss.png")
     finally:
@@ -375,7 +456,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         # to it, so that a caller running train() again (or evaluating) has the memory.
         reader.clear_cache()
     if step != last_saved:
-        save_checkpoint(run, step, policy, optimizer, cfg, dataset_info)
+        save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema)
     plot_loss(log_path, run / "loss.png")
     return {
         "checkpoint": str(latest_checkpoint(run)),

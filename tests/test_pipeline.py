@@ -113,11 +113,12 @@ def test_learning_rate_schedule():
     assert 0.1 < lr_at(55, 1.0, 10, 100, 0.1) < 1.0
 
 
-def test_training_resume_is_exact(tmp_path, dataset):
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9, "noise_samples": 2}], ids=["plain", "ema+noise2"])
+def test_training_resume_is_exact(tmp_path, dataset, extra):
     """Six steps straight, or three steps then a resume to six: the same weights, bit for bit."""
-    straight = train(_train_cfg(dataset, tmp_path / "straight"))
-    train(_train_cfg(dataset, tmp_path / "split", stop_at=3))
-    resumed = train(_train_cfg(dataset, tmp_path / "split"))
+    straight = train(_train_cfg(dataset, tmp_path / "straight", **extra))
+    train(_train_cfg(dataset, tmp_path / "split", stop_at=3, **extra))
+    resumed = train(_train_cfg(dataset, tmp_path / "split", **extra))
     assert resumed["resumed_from"] == 3 and resumed["steps"] == 6
     a = load_file(str(Path(straight["checkpoint"]) / "model.safetensors"))
     b = load_file(str(Path(resumed["checkpoint"]) / "model.safetensors"))
@@ -125,6 +126,28 @@ def test_training_resume_is_exact(tmp_path, dataset):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "split" / "loss.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(s) for s in range(1, 7)]
+
+
+def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resuming(tmp_path, dataset):
+    summary = train(_train_cfg(dataset, tmp_path / "run", steps=3, ema_decay=0.5))
+    checkpoint = Path(summary["checkpoint"])
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    raw = {k[len("raw."):]: v for k, v in load_file(str(checkpoint / "training_state.safetensors")).items()
+           if k.startswith("raw.")}
+    assert raw and all(k in saved for k in raw)
+    # The share kept after steps 0, 1, 2 is min(0.5, n / (n + 10)): 0, 1/11, 1/6. The average trails the raw
+    # weights, so every trained tensor differs.
+    assert all(not torch.equal(saved[k], raw[k]) for k in raw)
+    # The camera warm-up trains another objective: the average starts afresh on the first step after it.
+    restarted = Path(train(_train_cfg(dataset, tmp_path / "warm", steps=4, camera_warmup_steps=3,
+                                      ema_decay=0.5))["checkpoint"])
+    saved = load_file(str(restarted / "model.safetensors"))
+    raw = load_file(str(restarted / "training_state.safetensors"))
+    assert all(torch.equal(saved[k[len("raw."):]], v) for k, v in raw.items() if k.startswith("raw."))
+    with pytest.raises(ValueError, match=r"ema_decay 0\.5.*same ema_decay"):
+        train(_train_cfg(dataset, tmp_path / "run", steps=4))
+    with pytest.raises(ValueError, match=r"ema_decay must be in"):
+        train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
 
 
 def test_training_killed_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, dataset):
