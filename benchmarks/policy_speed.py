@@ -101,7 +101,9 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
         return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
                 "params": sum(p.numel() for p in policy.parameters())}
     if kind.startswith("train:nano"):
-        policy, obs = build(kind.split(":")[1])
+        _, preset, *draws = kind.split(":")  # e.g. train:nano:2 (two noise draws per frame)
+        noise_samples = int(draws[0]) if draws else 1
+        policy, obs = build(preset)
         policy.train()
         B = 32
         batch = {k: (v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else [v] * B) for k, v in obs.items()}
@@ -110,7 +112,7 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
         opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
 
         def step():
-            loss, _ = policy.forward(batch)
+            loss, _ = policy.forward(batch, noise_samples=noise_samples)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 10.0)
@@ -136,6 +138,7 @@ def main() -> None:
         ("nano chunk, no cache", "chunk:nano:uncached", 1, 30),
         ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
+        ("nano train step, batch 32, 2 noise draws", "train:nano:2", 1, 5),
     ]
     for variant in NANO_VARIANTS:
         plan += [(f"{variant} chunk, prefix cache", f"chunk:{variant}:cached", 1, 30),
@@ -148,7 +151,7 @@ def main() -> None:
         ]
     info = machine_info()
     rows = []
-    print(f"{'measurement':38s} {'threads':>7s} {'wall ms':>10s} {'cpu ms':>10s} {'peak RSS MB':>12s} {'params':>10s}")
+    print(f"{'measurement':42s} {'threads':>7s} {'wall ms':>10s} {'cpu ms':>10s} {'peak RSS MB':>12s} {'params':>10s}")
     for label, kind, threads, repeats in plan:
         proc = subprocess.run([sys.executable, __file__, "--one", kind, str(threads), str(repeats)],
                               capture_output=True, text=True, cwd=REPO)
@@ -156,7 +159,7 @@ def main() -> None:
             raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({"measurement": label, "kind": kind, "threads": threads, "repeats": repeats, **res})
-        print(f"{label:38s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f} "
+        print(f"{label:42s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f} "
               f"{res.get('params', ''):>10}")
 
     reference = None
