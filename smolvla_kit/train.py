@@ -176,9 +176,9 @@ def save_checkpoint(
     if ema is None:
         policy.save_pretrained(tmp)
     else:
-        tensors.update({f"raw.{name}": value for name, value in ema.raw_state().items()})
-        with ema.swapped_in():
+        with ema.swapped_in() as raw:
             policy.save_pretrained(tmp)
+        tensors.update({f"raw.{name}": value.cpu() for name, value in raw.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "training_state.safetensors"))
     (tmp / "training_state.json").write_text(
@@ -237,10 +237,11 @@ class WeightAverage:
         for name, p in self.params.items():
             self.average[name].lerp_(p.detach(), 1.0 - keep)
 
-    def raw_state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().cpu().contiguous() for name, p in self.params.items()}
-
     @torch.no_grad()
+    def _set_weights(self, values: dict[str, torch.Tensor]) -> None:
+        for name, p in self.params.items():
+            p.copy_(values[name])
+
     def load_raw(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
         """Resume: the model holds the average (the saved policy); put the raw weights back from `tensors`."""
         missing = [name for name in self.params if f"raw.{name}" not in tensors]
@@ -250,22 +251,18 @@ class WeightAverage:
                 f"ema_decay. Resume it with ema_decay 0, or start a new run folder."
             )
         self.average = {name: p.detach().clone() for name, p in self.params.items()}
-        for name, p in self.params.items():
-            p.copy_(tensors[f"raw.{name}"])
+        self._set_weights({name: tensors[f"raw.{name}"] for name in self.params})
 
     @contextlib.contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """Inside the block the model holds the average (to save it); the raw weights come back after."""
+    def swapped_in(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Inside the block the model holds the average (to save it) and the block gets a copy of the raw weights,
+        which come back after."""
         raw = {name: p.detach().clone() for name, p in self.params.items()}
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(self.average[name])
+        self._set_weights(self.average)
         try:
-            yield
+            yield raw
         finally:
-            with torch.no_grad():
-                for name, p in self.params.items():
-                    p.copy_(raw[name])
+            self._set_weights(raw)
 
 
 # ----------------------------------------------------------------------------------------------------------------

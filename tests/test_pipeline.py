@@ -146,6 +146,10 @@ def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resu
     assert all(torch.equal(saved[k[len("raw."):]], v) for k, v in raw.items() if k.startswith("raw."))
     with pytest.raises(ValueError, match=r"ema_decay 0\.5.*same ema_decay"):
         train(_train_cfg(dataset, tmp_path / "run", steps=4))
+    plain = tmp_path / "plain"
+    train(_train_cfg(dataset, plain, steps=3))
+    with pytest.raises(ValueError, match=r"training_state\.safetensors has no raw weights.*saved without ema_decay"):
+        train(_train_cfg(dataset, plain, steps=4, ema_decay=0.5))
     with pytest.raises(ValueError, match=r"ema_decay must be in"):
         train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
 
