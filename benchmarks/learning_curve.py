@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
     parser.add_argument("--camera-warmup-steps", type=int, default=0,
                         help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="actions per predicted chunk (the preset's 50)")
     parser.add_argument("--noise-samples", type=int, default=1,
                         help="noise draws per frame in the loss (TrainConfig.noise_samples)")
     parser.add_argument("--ema-decay", type=float, default=0.0,
@@ -71,7 +72,7 @@ def main() -> None:
         result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
                                    max_minutes=minutes, save_every=10**9, num_threads=args.threads,
                                    lr=args.lr, start_share=args.start_share,
-                                   camera_warmup_steps=args.camera_warmup_steps,
+                                   camera_warmup_steps=args.camera_warmup_steps, chunk_size=args.chunk_size,
                                    noise_samples=args.noise_samples, ema_decay=args.ema_decay,
                                    policy_overrides=nano_variant_overrides(args.variant), progress=False))
         checkpoint = latest_checkpoint(run)

@@ -53,6 +53,10 @@ class TrainConfig:
     stop_at: int | None = None
     """Pause after this step (with a checkpoint); re-running without it continues the same schedule."""
     batch_size: int = 32
+    chunk_size: int | None = None
+    """Actions predicted per chunk (None: the preset's or checkpoint's, 50). The policy plays only the first
+    `n_action_steps` (nano: 10) before it looks again; a shorter chunk spends more of the loss on the actions
+    that are played (nano with chunk 20: benchmarks/results/learning_curve.json's other_runs)."""
     lr: float | None = None
     """Peak learning rate (the preset's when None)."""
     warmup_steps: int | None = None
@@ -339,13 +343,21 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
 
     reader = LeRobotDatasetReader(cfg.dataset)
     resume_from = latest_checkpoint(run)
+    overrides = dict(cfg.policy_overrides)
+    if cfg.chunk_size is not None:
+        overrides["chunk_size"] = cfg.chunk_size
     if resume_from is not None:
         policy = SmolVLAPolicy.from_pretrained(resume_from)
+        if cfg.chunk_size is not None and cfg.chunk_size != policy.config.chunk_size:
+            raise ValueError(
+                f"{resume_from} predicts chunks of {policy.config.chunk_size} actions, not chunk_size "
+                f"{cfg.chunk_size}: resume with the run's own chunk size or train into a new --out folder."
+            )
     elif cfg.init_from:
-        policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **cfg.policy_overrides)
+        policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **overrides)
     else:
         torch.manual_seed(cfg.seed)  # the initial weights
-        policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **cfg.policy_overrides))
+        policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **overrides))
     pcfg = policy.config
     camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
     if resume_from is None:
