@@ -348,11 +348,13 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         overrides["chunk_size"] = cfg.chunk_size
     if resume_from is not None:
         policy = SmolVLAPolicy.from_pretrained(resume_from)
-        if cfg.chunk_size is not None and cfg.chunk_size != policy.config.chunk_size:
-            raise ValueError(
-                f"{resume_from} predicts chunks of {policy.config.chunk_size} actions, not chunk_size "
-                f"{cfg.chunk_size}: resume with the run's own chunk size or train into a new --out folder."
-            )
+        saved = policy.config.to_dict()
+        for name, value in overrides.items():  # a resume continues the saved policy: it cannot change its shape
+            if json.dumps(saved.get(name), sort_keys=True) != json.dumps(value, sort_keys=True):
+                raise ValueError(
+                    f"{resume_from} was trained with {name}={saved.get(name)!r}; this run asks for {name}={value!r}. "
+                    f"Resume with the run's own settings or train into a new --out folder."
+                )
     elif cfg.init_from:
         policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **overrides)
     else:

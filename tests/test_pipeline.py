@@ -154,15 +154,19 @@ def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resu
         train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
 
 
-def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_it(tmp_path, dataset):
+def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_the_policy_settings(tmp_path, dataset):
     from smolvla_kit.policy import SmolVLAPolicy
 
     run = tmp_path / "run"
     first = SmolVLAPolicy.from_pretrained(train(_train_cfg(dataset, run, steps=3, chunk_size=20))["checkpoint"])
     assert first.config.chunk_size == 20 and first.config.n_action_steps == 10
     assert train(_train_cfg(dataset, run, steps=4))["resumed_from"] == 3  # unset: the checkpoint's chunk
-    with pytest.raises(ValueError, match=r"step_000004 predicts chunks of 20 actions, not chunk_size 50"):
+    asks = r"step_000004 was trained with {0}={1}; this run asks for {0}={2}"
+    with pytest.raises(ValueError, match=asks.format("chunk_size", 20, 50)):
         train(_train_cfg(dataset, run, steps=5, chunk_size=50))
+    with pytest.raises(ValueError, match=asks.format("n_action_steps", 10, 5)):
+        train(_train_cfg(dataset, run, steps=5, policy_overrides={"n_action_steps": 5}))
+    assert train(_train_cfg(dataset, run, steps=5, chunk_size=20))["resumed_from"] == 4  # the same: fine
 
 
 def test_training_killed_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, dataset):
