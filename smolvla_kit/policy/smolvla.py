@@ -83,12 +83,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     b, lq, h, d = q.shape
     groups = h // k.shape[2]
     q, k, v = q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()  # (B, heads, L, D)
-    if groups > 1 and _SDPA_HAS_GQA:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
-    else:
-        if groups > 1:  # older torch: repeat each K/V head for its group of query heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, Lq, D)
+    # Under bfloat16 autocast (training's `mixed_precision`) attention still runs in float32: the softmax wants
+    # the precision, and on CPUs the float32 kernel's backward pass is the faster one.
+    with torch.autocast(q.device.type, enabled=False):
+        if groups > 1 and _SDPA_HAS_GQA:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+        else:
+            if groups > 1:  # older torch: repeat each K/V head for its group of query heads
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, Lq, D)
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
