@@ -9,6 +9,8 @@ median over repeats after a warm-up. `base` uses random weights of the exact smo
 the SmolVLM2 tokenizer needs the Hub, the kit's nano tokenizer (token ids only feed the embedding table).
 The reference (LeRobot, eager float32 attention) is measured side by side by benchmarks/parity_lerobot.py
 (--base); its figures are copied here from benchmarks/results/parity_lerobot.json when present.
+The "float32 | bf16 autocast" row alternates the two kinds of training step in one process, so its ratio is
+measured side by side (TrainConfig.mixed_precision).
 """
 
 from __future__ import annotations
@@ -103,25 +105,47 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
     if kind.startswith("train:nano"):
         _, preset, *draws = kind.split(":")  # e.g. train:nano:2 (two noise draws per frame)
         noise_samples = int(draws[0]) if draws else 1
-        policy, obs = build(preset)
-        policy.train()
-        B = 32
-        batch = {k: (v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else [v] * B) for k, v in obs.items()}
-        batch["action"] = torch.randn(B, 50, 6) * 20
-        batch["action_is_pad"] = torch.zeros(B, 50, dtype=torch.bool)
-        opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
-
-        def step():
-            loss, _ = policy.forward(batch, noise_samples=noise_samples)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 10.0)
-            opt.step()
-
+        step, params = train_step(preset, noise_samples, mixed_precision=False)
         ms, cpu = median_ms(step, repeats)
-        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
-                "params": sum(p.numel() for p in policy.parameters())}
+        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(), "params": params}
+    if kind.startswith("mixed:nano"):
+        # float32 and bfloat16-autocast steps alternate in one process, so both see the same machine load
+        _, preset, draws = kind.split(":")
+        steps = {mixed: train_step(preset, int(draws), mixed)[0] for mixed in (False, True)}
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for mixed in (False, True):
+            steps[mixed]()  # warm-up
+        for _ in range(repeats):
+            for mixed in (False, True):
+                t0 = time.perf_counter()
+                steps[mixed]()
+                times[mixed].append(1000 * (time.perf_counter() - t0))
+        fp32, bf16 = (sorted(times[m])[len(times[m]) // 2] for m in (False, True))
+        return {"ms": fp32, "ms_mixed_precision": bf16, "speedup": fp32 / bf16, "peak_rss_mb": peak_rss_mb()}
     raise ValueError(kind)
+
+
+def train_step(preset: str, noise_samples: int, mixed_precision: bool):
+    """One optimiser step of `preset` on a batch of 32 copies of an observation, as train() takes it."""
+    import torch
+
+    policy, obs = build(preset)
+    policy.train()
+    B = 32
+    batch = {k: (v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else [v] * B) for k, v in obs.items()}
+    batch["action"] = torch.randn(B, 50, 6) * 20
+    batch["action_is_pad"] = torch.zeros(B, 50, dtype=torch.bool)
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision):
+            loss, _ = policy.forward(batch, noise_samples=noise_samples)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 10.0)
+        opt.step()
+
+    return step, sum(p.numel() for p in policy.parameters())
 
 
 def main() -> None:
@@ -139,6 +163,7 @@ def main() -> None:
         ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
         ("nano train step, batch 32, 2 noise draws", "train:nano:2", 1, 5),
+        ("nano train step, 2 draws, float32 | bf16 autocast", "mixed:nano:2", 1, 10),
     ]
     for variant in NANO_VARIANTS:
         plan += [(f"{variant} chunk, prefix cache", f"chunk:{variant}:cached", 1, 30),
@@ -159,6 +184,10 @@ def main() -> None:
             raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({"measurement": label, "kind": kind, "threads": threads, "repeats": repeats, **res})
+        if "speedup" in res:  # the two alternating halves of one measurement
+            print(f"{label:42s} {threads:7d} {res['ms']:10.1f} | {res['ms_mixed_precision']:.1f} ms with autocast: "
+                  f"x{res['speedup']:.2f}")
+            continue
         print(f"{label:42s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f} "
               f"{res.get('params', ''):>10}")
 

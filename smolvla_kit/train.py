@@ -89,7 +89,7 @@ class TrainConfig:
     mixed_precision: bool = False
     """Run the forward pass under bfloat16 autocast: matrix products in bfloat16, attention, weights, optimiser
     and the moving average in float32. About 1.2x the steps per second on CPUs with bfloat16 instructions
-    (AVX512-BF16, AMX; benchmarks/results/train_step.json) and on recent GPUs; slower on CPUs without them."""
+    (AVX512-BF16, AMX; benchmarks/results/policy_speed.json) and on recent GPUs; slower on CPUs without them."""
     seed: int = 0
     num_threads: int = 0
     """CPU threads for torch; 0 = cores - 1 (at least 1)."""

@@ -133,6 +133,19 @@ def test_bfloat16_inference_stays_close_to_float32():
         policy.set_dtype(torch.float16)
 
 
+def test_attention_stays_float32_under_bfloat16_autocast():
+    from smolvla_kit.policy.smolvla import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 4, 8, generator=g) for _ in range(3))
+    bias = torch.zeros(2, 1, 7, 7)
+    plain = attention(q, k, v, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = attention(q, k, v, bias)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+
+
 def test_unbatched_observation(policy):
     obs = {k: (v[0] if k != "task" else v[0]) for k, v in make_obs(2).items()}  # (H, W, 3) uint8, (S,), str
     assert policy.predict_chunk(obs).shape == (1, 50, ACTION_DIM)
