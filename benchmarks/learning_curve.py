@@ -48,6 +48,8 @@ def main() -> None:
                         help="noise draws per frame in the loss (TrainConfig.noise_samples)")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="evaluate a moving average of the weights (TrainConfig.ema_decay; 0: off)")
+    parser.add_argument("--played-weight", type=float, default=1.0,
+                        help="loss weight of the actions played from each chunk (TrainConfig.played_weight)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="bfloat16 autocast in training (TrainConfig.mixed_precision)")
     parser.add_argument("--every-colour", action="store_true",
@@ -76,7 +78,7 @@ def main() -> None:
                                    lr=args.lr, start_share=args.start_share,
                                    camera_warmup_steps=args.camera_warmup_steps, chunk_size=args.chunk_size,
                                    noise_samples=args.noise_samples, ema_decay=args.ema_decay,
-                                   mixed_precision=args.mixed_precision,
+                                   mixed_precision=args.mixed_precision, played_weight=args.played_weight,
                                    policy_overrides=nano_variant_overrides(args.variant), progress=False))
         checkpoint = latest_checkpoint(run)
         ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,

@@ -45,6 +45,8 @@ class EvalConfig:
     """Episodes whose first chunk's denoising is saved."""
     n_action_steps: int | None = None
     """Actions executed per chunk (the policy's setting when None)."""
+    num_steps: int | None = None
+    """Euler steps from noise to a chunk (the policy's setting, 10, when None)."""
     dtype: str = "float32"
     """"bfloat16" runs the VLM and the expert in bfloat16 (faster on CPUs with bf16 instructions)."""
     num_threads: int = 0
@@ -160,7 +162,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     torch.set_num_threads(cpu_threads(cfg.num_threads))
     checkpoint = resolve_checkpoint(cfg.checkpoint)
-    overrides = {"n_action_steps": cfg.n_action_steps} if cfg.n_action_steps else {}
+    overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps))
+                 if value}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
     policy.set_dtype(cfg.dtype)
     policy.eval()
@@ -198,6 +201,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     summary = summarize(episodes)
     summary.update({"checkpoint": str(checkpoint), "task": cfg.task, "seed_start": cfg.seed_start,
+                    "n_action_steps": policy.config.n_action_steps, "num_steps": policy.config.num_steps,
                     "sensitivity_deg": sensitivity})
     (out / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}, indent=1))
     return summary

@@ -81,6 +81,9 @@ class TrainConfig:
     noise_samples: int = 1
     """Noise draws per frame in the flow-matching loss. The VLM runs once per frame and only the small expert
     runs for each draw, so K > 1 gives each step K times as many targets for a little more compute."""
+    played_weight: float = 1.0
+    """Loss weight of the first `n_action_steps` actions of each chunk (those the policy plays before it looks
+    again) against the rest of the chunk (1: all alike)."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights (0: off; e.g. 0.999 averages over about 1,000 steps) and
     save it as the checkpoint's policy, as Diffusion Policy does. The raw weights go in the training state, for
@@ -330,6 +333,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
 
     if not 0.0 <= cfg.start_share <= 1.0:
         raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
+    if cfg.played_weight <= 0:
+        raise ValueError(f"played_weight must be positive, got {cfg.played_weight}.")
     if cfg.noise_samples < 1:
         raise ValueError(f"noise_samples must be at least 1, got {cfg.noise_samples}.")
     if not 0.0 <= cfg.ema_decay < 1.0:
@@ -434,7 +439,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
-                loss, _ = policy(batch, noise_samples=cfg.noise_samples)
+                loss, _ = policy(batch, noise_samples=cfg.noise_samples, played_weight=cfg.played_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"The loss became {loss.item()} at step {step}. The last checkpoint "

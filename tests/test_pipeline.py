@@ -152,6 +152,8 @@ def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resu
         train(_train_cfg(dataset, plain, steps=4, ema_decay=0.5))
     with pytest.raises(ValueError, match=r"ema_decay must be in"):
         train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
+    with pytest.raises(ValueError, match=r"played_weight must be positive, got 0"):
+        train(_train_cfg(dataset, tmp_path / "bad", played_weight=0.0))
 
 
 def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_the_policy_settings(tmp_path, dataset):

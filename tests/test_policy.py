@@ -220,6 +220,11 @@ def test_loss_ignores_padded_steps_and_padded_dims(policy):
     assert per_elem[..., ACTION_DIM:].mean() > 0.1  # the padded dims do have errors ...
     expected = per_elem[..., :ACTION_DIM][~is_pad].mean()  # ... which the loss leaves out
     torch.testing.assert_close(loss1, expected)
+    # played_weight: the first n_action_steps (10) valid steps count W times, the rest of the chunk once.
+    played = per_elem[:, : p.config.n_action_steps, :ACTION_DIM]  # (2, 10, A), none of it padding
+    rest = per_elem[..., :ACTION_DIM][:, p.config.n_action_steps:][~is_pad[:, p.config.n_action_steps:]]
+    weighted, _ = p.forward(batch, noise=noise, time=time, played_weight=3.0)
+    torch.testing.assert_close(weighted, (3 * played.sum() + rest.sum()) / (3 * played.numel() + rest.numel()))
 
 
 def test_several_noise_samples_share_one_prefix_pass():

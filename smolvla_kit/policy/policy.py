@@ -52,12 +52,15 @@ class SmolVLAPolicy(nn.Module):
 
     # -- training ---------------------------------------------------------------------------------
     def forward(
-        self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1
+        self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1,
+        played_weight: float = 1.0,
     ):
         """Flow-matching loss on a batch -> (loss, info). Cropped to the real action dims, padding masked.
 
         `batch` holds the observation keys plus `"action"` (B, T, A) and optionally `"action_is_pad"` (B, T).
         `noise_samples` > 1 averages that many noise draws per frame over one pass of the VLM (`SmolVLAModel.loss`).
+        `played_weight` weighs the first `n_action_steps` actions of the chunk, the ones the policy plays, against
+        the rest (1: all alike).
         """
         device = self.device
         inputs = self.processor.preprocess(batch, device)
@@ -66,13 +69,12 @@ class SmolVLAPolicy(nn.Module):
             **inputs, actions=actions, noise=noise, time=time, noise_samples=noise_samples
         )
         losses = losses[:, :, : self.config.action_dim]  # padded dims are not the model's job
+        B, T, A = losses.shape
+        weights = torch.ones(B, T, device=losses.device)  # (B, T)
+        weights[:, : self.config.n_action_steps] = played_weight
         if is_pad is not None:
-            valid = ~is_pad  # steps past the episode end carry no target
-            losses = losses * valid[:, :, None]
-            n = (valid.sum() * losses.shape[-1]).clamp_min(1)
-            loss = losses.sum() / n
-        else:
-            loss = losses.mean()
+            weights = weights * ~is_pad  # steps past the episode end carry no target
+        loss = (losses * weights[:, :, None]).sum() / (weights.sum() * A).clamp_min(1e-12)
         return loss, {"loss": loss.item()}
 
     # -- inference ------------------------------------------------------------------------------
