@@ -438,7 +438,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
                 group["lr"] = lr
             batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision else contextlib.nullcontext():
                 loss, _ = policy(batch, noise_samples=cfg.noise_samples, played_weight=cfg.played_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -25,6 +25,7 @@ LeRobot's, so LeRobot checkpoints load key for key. Reading order of this file:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -73,6 +74,12 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Leave any autocast region on this device (a no-op where autocast does not exist, e.g. "meta")."""
+    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))  # torch < 2.4
+    return torch.autocast(device_type, enabled=False) if available(device_type) else contextlib.nullcontext()
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """Grouped-query attention with an additive mask; q (B, Lq, H, D), k/v (B, Lk, Hkv, D) -> (B, Lq, H*D).
 
@@ -85,7 +92,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     q, k, v = q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()  # (B, heads, L, D)
     # Under bfloat16 autocast (training's `mixed_precision`) attention still runs in float32: the softmax wants
     # the precision, and on CPUs the float32 kernel's backward pass is the faster one.
-    with torch.autocast(q.device.type, enabled=False):
+    with _autocast_off(q.device.type):
         if groups > 1 and _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
         else:
