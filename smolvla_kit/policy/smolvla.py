@@ -74,10 +74,12 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
+_autocast_available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))  # torch < 2.4
+
+
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Leave any autocast region on this device (a no-op where autocast does not exist, e.g. "meta")."""
-    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))  # torch < 2.4
-    return torch.autocast(device_type, enabled=False) if available(device_type) else contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False) if _autocast_available(device_type) else contextlib.nullcontext()
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
