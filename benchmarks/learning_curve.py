@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import NANO_VARIANTS, nano_variant_overrides, print_table, write_results  # noqa: E402
 
+COLUMNS = ["train_minutes", "steps", "samples_per_chunk", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +54,9 @@ def main() -> None:
                         help="loss weight of the actions played from each chunk (TrainConfig.played_weight)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="bfloat16 autocast in training (TrainConfig.mixed_precision)")
+    parser.add_argument("--samples-per-chunk", type=int, nargs="+", default=[None],
+                        help="evaluate each checkpoint with these numbers of averaged chunks, side by side "
+                             "(default: the policy's setting)")
     parser.add_argument("--every-colour", action="store_true",
                         help="record each scene once per cube colour named (CollectConfig.every_colour)")
     parser.add_argument("--variant", default="nano", choices=["nano", *NANO_VARIANTS],
@@ -81,25 +86,29 @@ def main() -> None:
                                    mixed_precision=args.mixed_precision, played_weight=args.played_weight,
                                    policy_overrides=nano_variant_overrides(args.variant), progress=False))
         checkpoint = latest_checkpoint(run)
-        ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / f"eval_{k}", task=args.task,
-                                 episodes=args.eval_episodes, videos=1, trajectories=1, progress=False))
-        row = {
-            "train_minutes": result["train_seconds"] / 60,
-            "steps": result["steps"],
-            "success_rate": ev["success_rate"],
-            "grasp_rate": ev["grasp_rate"],
-            "wrong_cube_rate": ev["wrong_cube_rate"],
-            "episodes": ev["episodes"],
-            "per_instruction": {r["task"]: r["success_rate"] for r in ev["per_instruction"]},
-            "sensitivity_deg": ev["sensitivity_deg"],
-        }
-        rows.append(row)
-        print_table([row], ["train_minutes", "steps", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"])
+        for samples in args.samples_per_chunk:
+            name = f"eval_{k}" if samples is None else f"eval_{k}_samples{samples}"
+            ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / name, task=args.task,
+                                     episodes=args.eval_episodes, samples_per_chunk=samples, videos=1, trajectories=1,
+                                     progress=False))
+            row = {
+                "train_minutes": result["train_seconds"] / 60,
+                "steps": result["steps"],
+                "samples_per_chunk": ev["samples_per_chunk"],
+                "success_rate": ev["success_rate"],
+                "grasp_rate": ev["grasp_rate"],
+                "wrong_cube_rate": ev["wrong_cube_rate"],
+                "episodes": ev["episodes"],
+                "per_instruction": {r["task"]: r["success_rate"] for r in ev["per_instruction"]},
+                "sensitivity_deg": ev["sensitivity_deg"],
+            }
+            rows.append(row)
+            print_table([row], COLUMNS)
         if result["steps"] >= args.steps:
             break
 
     print()
-    print_table(rows, ["train_minutes", "steps", "success_rate", "grasp_rate", "wrong_cube_rate", "episodes"])
+    print_table(rows, COLUMNS)
     path = write_results(
         "learning_curve" if args.variant == "nano" else f"learning_curve_{args.variant}",
         rows,

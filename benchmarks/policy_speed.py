@@ -95,11 +95,12 @@ def measure(kind: str, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     if kind.startswith("chunk"):
-        _, preset, cache, *dtype = kind.split(":")  # e.g. chunk:base:cached:bfloat16
+        _, preset, cache, *rest = kind.split(":")  # e.g. chunk:base:cached:bfloat16, chunk:nano:cached:float32:32
         policy, obs = build(preset)
-        if dtype:
-            policy.set_dtype(getattr(torch, dtype[0]))
-        ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached"), repeats)
+        if rest:
+            policy.set_dtype(getattr(torch, rest[0]))
+        samples = int(rest[1]) if len(rest) > 1 else 1  # chunks drawn and averaged (samples_per_chunk)
+        ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached", samples=samples), repeats)
         return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
                 "params": sum(p.numel() for p in policy.parameters())}
     if kind.startswith("train:nano"):
@@ -161,6 +162,8 @@ def main() -> None:
         ("nano chunk, prefix cache", "chunk:nano:cached", 1, 30),
         ("nano chunk, no cache", "chunk:nano:uncached", 1, 30),
         ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
+        ("nano chunk, cache, 8 draws averaged", "chunk:nano:cached:float32:8", 1, 30),
+        ("nano chunk, cache, 32 draws averaged", "chunk:nano:cached:float32:32", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
         ("nano train step, batch 32, 2 noise draws", "train:nano:2", 1, 5),
         ("nano train step, 2 draws, float32 | bf16 autocast", "mixed:nano:2", 1, 10),

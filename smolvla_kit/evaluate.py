@@ -47,6 +47,8 @@ class EvalConfig:
     """Actions executed per chunk (the policy's setting when None)."""
     num_steps: int | None = None
     """Euler steps from noise to a chunk (the policy's setting, 10, when None)."""
+    samples_per_chunk: int | None = None
+    """Chunks drawn per observation and averaged (the policy's setting when None)."""
     dtype: str = "float32"
     """"bfloat16" runs the VLM and the expert in bfloat16 (faster on CPUs with bf16 instructions)."""
     num_threads: int = 0
@@ -140,7 +142,7 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
     arm = slice(0, 5)  # the five arm joints; the gripper has its own units
     d_img, d_lang = [], []
     for i, s in enumerate(seeds):
-        noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim,
+        noise = torch.randn(policy.config.samples_per_chunk, policy.config.chunk_size, policy.config.max_action_dim,
                             generator=torch.Generator().manual_seed(s))
         base = policy.predict_chunk(first[i], noise=noise)[0, :, arm]
         swapped = dict(first[i], **{k: first[(i + 1) % len(seeds)][k] for k in image_keys})
@@ -162,8 +164,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     torch.set_num_threads(cpu_threads(cfg.num_threads))
     checkpoint = resolve_checkpoint(cfg.checkpoint)
-    overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps))
-                 if value}
+    overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps),
+                                                 ("samples_per_chunk", cfg.samples_per_chunk)) if value}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
     policy.set_dtype(cfg.dtype)
     policy.eval()
@@ -202,6 +204,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     summary = summarize(episodes)
     summary.update({"checkpoint": str(checkpoint), "task": cfg.task, "seed_start": cfg.seed_start,
                     "n_action_steps": policy.config.n_action_steps, "num_steps": policy.config.num_steps,
+                    "samples_per_chunk": policy.config.samples_per_chunk,
                     "sensitivity_deg": sensitivity})
     (out / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}, indent=1))
     return summary

@@ -108,6 +108,7 @@ def test_queue_uses_the_chosen_aggregator(name):
 class _Config:
     chunk_size: int = 10
     n_action_steps: int = 10
+    samples_per_chunk: int = 1
     state_dim: int = 6
     action_dim: int = 6
     image_keys: list = field(default_factory=lambda: [FRONT])

@@ -35,11 +35,19 @@ def nano_checkpoint(tmp_path_factory):
 def test_deploy_runs_a_policy_episode_on_the_virtual_arm(nano_checkpoint, capsys):
     rc = main(["--port", "virtual", "--checkpoint", str(nano_checkpoint), "--episodes", "1", "--episode-time-s",
                "1.5", "--sim-task", "reach", "--image-size", "64", "--max-relative-target", "5",
-               "--log-level", "WARNING"])
+               "--samples-per-chunk", "4", "--log-level", "WARNING"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "episodes succeeded" in out  # untrained: success is not expected, the plumbing is
     assert "episode 1/1: 'touch the" in err and "clamped/capped by the safety rules" in err
+
+
+def test_served_policy_can_average_several_chunks(nano_checkpoint):
+    from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
+
+    plain = PolicyService(load_policy_for_serving(str(nano_checkpoint)))
+    averaged = PolicyService(load_policy_for_serving(str(nano_checkpoint), samples_per_chunk=4))
+    assert (plain.policy_info()["samples_per_chunk"], averaged.policy_info()["samples_per_chunk"]) == (1, 4)
 
 
 def test_deploy_refuses_bad_arguments_clearly(nano_checkpoint, tmp_path, capsys):

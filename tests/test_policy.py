@@ -116,6 +116,31 @@ def test_cached_and_uncached_sampling_agree(policy):
     assert (cached - uncached).abs().max() / scale < 1e-5
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_averaged_samples_are_the_mean_of_single_samples(policy, use_cache):
+    # N draws per observation through one prefix pass == the mean of N separate single-draw chunks.
+    N, obs = 3, make_obs(2, uint8=False)
+    noise = torch.randn(2 * N, 50, 32)  # rows b*N .. b*N+N-1 belong to observation b
+    mean, traj = policy.predict_chunk(obs, noise=noise, samples=N, use_cache=use_cache, return_trajectory=True)
+    singles = torch.stack([policy.predict_chunk(obs, noise=noise[k::N], samples=1) for k in range(N)])  # (N, B, T, A)
+    scale = policy.normalizer.action_std.max()
+    assert mean.shape == (2, 50, ACTION_DIM) and traj.shape == (11, 2, 50, ACTION_DIM)
+    assert (mean - singles.mean(0)).abs().max() / scale < 1e-5
+    assert torch.allclose(traj[-1], mean)
+    assert (singles[0] - singles[1]).abs().max() / scale > 1e-2  # the draws differ: this is not one chunk N times
+    with pytest.raises(ValueError, match=r"\(B x samples, chunk_size, max_action_dim\) for 2 observation\(s\) and samples=3"):
+        policy.predict_chunk(obs, noise=noise[:2], samples=N)
+
+
+def test_samples_per_chunk_comes_from_the_config():
+    torch.manual_seed(0)
+    p = SmolVLAPolicy(SmolVLAConfig.preset("nano", samples_per_chunk=4), stats=make_stats()).eval()
+    obs, noise = make_obs(1, uint8=False), torch.randn(4, 50, 32)
+    torch.testing.assert_close(p.predict_chunk(obs, noise=noise), p.predict_chunk(obs, noise=noise, samples=4))
+    with pytest.raises(ValueError, match="samples_per_chunk must be >= 1"):
+        SmolVLAConfig.preset("nano", samples_per_chunk=0)
+
+
 def test_bfloat16_inference_stays_close_to_float32():
     torch.manual_seed(0)
     policy = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=make_stats()).eval()

@@ -68,11 +68,11 @@ def test_eval_can_run_the_policy_in_bfloat16(tmp_path):
     assert summary["episodes"] == 4 and summary["sensitivity_deg"]["language"] > 1.0  # it still listens
     # The sampler's settings can be changed for an evaluation, and the results say which were used.
     summary = evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path / "coarse", episodes=1, max_steps=10,
-                                  videos=0, trajectories=1, n_action_steps=5, num_steps=3, num_threads=1,
-                                  progress=False))
-    assert (summary["n_action_steps"], summary["num_steps"]) == (5, 3)
+                                  videos=0, trajectories=1, n_action_steps=5, num_steps=3, samples_per_chunk=4,
+                                  num_threads=1, progress=False))
+    assert (summary["n_action_steps"], summary["num_steps"], summary["samples_per_chunk"]) == (5, 3, 4)
     saved = json.loads((tmp_path / "coarse" / "eval.json").read_text())["summary"]
-    assert (saved["n_action_steps"], saved["num_steps"]) == (5, 3)
+    assert (saved["n_action_steps"], saved["num_steps"], saved["samples_per_chunk"]) == (5, 3, 4)
     trajectory = load_file(str(tmp_path / "coarse" / "denoising.safetensors"))
     assert trajectory["episode_00/trajectory"].shape[0] == 4  # x_1 and one x per Euler step
     with pytest.raises(ValueError, match="float16"):

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="async: how overlapping actions merge (default: weighted_average)")
     ap.add_argument("--n-action-steps", type=int, default=None,
                     help="sync: actions executed per chunk (default: the policy's)")
+    ap.add_argument("--samples-per-chunk", type=int, default=None,
+                    help="chunks drawn per observation and averaged (default: the policy's)")
     ap.add_argument("--similarity-threshold", type=float, default=1.0,
                     help="server skips observations within this joint distance (degrees) of the last processed one "
                     "unless the queue is empty; 0 = off (default: 1.0)")
@@ -163,13 +165,14 @@ def _deploy(args: argparse.Namespace) -> int:
             host, _, port = args.server.rpartition(":")
             link = RemotePolicy(host or "127.0.0.1", int(port))
         elif args.async_mode:
+            extra = ["--samples-per-chunk", str(args.samples_per_chunk)] if args.samples_per_chunk else []
             server = start_server_process(str(checkpoint), port=0, similarity_threshold=args.similarity_threshold,
-                                          num_threads=args.num_threads)
+                                          num_threads=args.num_threads, extra_args=extra)
             link = RemotePolicy(server.host, server.port)
             print(f"policy server started on {server.host}:{server.port} (pid {server.proc.pid})", file=sys.stderr)
         else:
             torch.set_num_threads(args.num_threads)
-            policy = load_policy_for_serving(str(checkpoint))
+            policy = load_policy_for_serving(str(checkpoint), samples_per_chunk=args.samples_per_chunk)
             link = LocalPolicy(PolicyService(policy, checkpoint=str(checkpoint),
                                              similarity_threshold=args.similarity_threshold))
         cfg = ClientConfig(mode="async" if args.async_mode else "sync", fps=args.fps,

@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--added-latency-ms", type=float, default=0.0,
                     help="extra delay after each inference, to study latency (default: 0)")
     ap.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
+    ap.add_argument("--samples-per-chunk", type=int, default=None,
+                    help="chunks drawn per observation and averaged; overrides the policy's samples_per_chunk")
     ap.add_argument("--num-threads", type=int, default=0, help="torch CPU threads; 0 = cores - 1 (default: 0)")
     ap.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -257,7 +259,7 @@ def run_server(argv: Sequence[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this address can drive the robot's policy", args.host)
     policy = load_policy_for_serving(args.checkpoint, device=args.device, n_action_steps=args.n_action_steps,
-                                     dtype=args.dtype)
+                                     dtype=args.dtype, samples_per_chunk=args.samples_per_chunk)
     service = PolicyService(policy, checkpoint=str(args.checkpoint), similarity_threshold=args.similarity_threshold,
                             added_latency_ms=args.added_latency_ms)
     server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20))

@@ -89,6 +89,7 @@ class PolicyService:
             "checkpoint": self.checkpoint,
             "chunk_size": int(cfg.chunk_size),
             "n_action_steps": int(cfg.n_action_steps),
+            "samples_per_chunk": int(cfg.samples_per_chunk),
             "state_dim": int(cfg.state_dim),
             "action_dim": int(cfg.action_dim),
             "image_keys": list(cfg.image_keys),
@@ -252,16 +253,20 @@ class PolicyService:
 
 
 def load_policy_for_serving(
-    checkpoint: str, device: str = "cpu", n_action_steps: int | None = None, dtype: str = "float32"
+    checkpoint: str, device: str = "cpu", n_action_steps: int | None = None, dtype: str = "float32",
+    samples_per_chunk: int | None = None,
 ) -> Any:
-    """Load a kit checkpoint folder (or a run's `checkpoints/last`) for inference, its VLM and expert in `dtype`."""
+    """Load a kit checkpoint folder (or a run's `checkpoints/last`) for inference, its VLM and expert in `dtype`.
+
+    `n_action_steps` and `samples_per_chunk` override the checkpoint's settings when given."""
     from pathlib import Path
 
     from smolvla_kit.evaluate import resolve_checkpoint
     from smolvla_kit.policy import SmolVLAPolicy
 
     path = resolve_checkpoint(Path(checkpoint))
-    overrides = {"n_action_steps": n_action_steps} if n_action_steps else {}
+    overrides = {name: value for name, value in (("n_action_steps", n_action_steps),
+                                                 ("samples_per_chunk", samples_per_chunk)) if value}
     policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
     policy.set_dtype(dtype)
     policy.eval()

@@ -119,6 +119,10 @@ class SmolVLAConfig:
     n_action_steps: int = 50  # actions executed from each chunk before predicting the next
     num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
     use_cache: bool = True  # run the prefix once per chunk and keep its keys/values
+    # Chunks sampled per observation and averaged (the kit's addition; SmolVLA draws one). The prefix runs once
+    # and the expert integrates all draws in one batch. Averaging steadies a small policy's grasps (README,
+    # benchmarks/results/learning_curve.json); where the demonstrations hold two ways to do a task it would blend them.
+    samples_per_chunk: int = 1
 
     # --- Fixed widths (state and action are zero-padded to these) -------------------------------
     max_state_dim: int = 32
@@ -236,6 +240,8 @@ class SmolVLAConfig:
             raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
+        if self.samples_per_chunk < 1:
+            raise ValueError(f"samples_per_chunk must be >= 1, got {self.samples_per_chunk}.")
         for kind, mode in self.normalization_mapping.items():
             if mode not in NORMALIZATION_MODES:
                 raise ValueError(f"normalization_mapping[{kind!r}] = {mode!r}; expected one of {NORMALIZATION_MODES}.")

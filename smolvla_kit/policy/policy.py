@@ -86,28 +86,34 @@ class SmolVLAPolicy(nn.Module):
         num_steps: int | None = None,
         return_trajectory: bool = False,
         use_cache: bool | None = None,
+        samples: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """A chunk of actions (B, chunk_size, A) in robot units.
 
         Args:
-            noise: the starting point x_1, (B, chunk_size, max_action_dim); fresh N(0, 1) if None.
+            noise: the starting points x_1, (B * samples, chunk_size, max_action_dim); fresh N(0, 1) if None.
             num_steps: Euler steps (default `config.num_steps`, 10).
             return_trajectory: also return every intermediate x_t, un-normalised and cropped, as a
                 tensor (num_steps + 1, B, chunk_size, A) for t = 1, 1 - 1/n, ..., 0.
             use_cache: run the prefix once and cache it (default `config.use_cache`).
+            samples: chunks drawn per observation and averaged (default `config.samples_per_chunk`).
         """
         self.eval()
         device = self.device
         inputs = self.processor.preprocess(observation, device)
         B = inputs["state"].shape[0]
-        shape = (B, self.config.chunk_size, self.config.max_action_dim)
+        samples = samples or self.config.samples_per_chunk
+        shape = (B * samples, self.config.chunk_size, self.config.max_action_dim)
         if noise is None:
             noise = torch.randn(shape, device=device)
         elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape} (B, chunk_size, max_action_dim).")
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}; expected {shape} (B x samples, chunk_size, max_action_dim) "
+                f"for {B} observation(s) and samples={samples}."
+            )
         out = self.model.sample(
             **inputs, noise=noise.to(device, torch.float32), num_steps=num_steps,
-            use_cache=use_cache, return_trajectory=return_trajectory,
+            use_cache=use_cache, return_trajectory=return_trajectory, samples=samples,
         )
         if return_trajectory:
             x, traj = out

@@ -557,24 +557,32 @@ class SmolVLAModel(nn.Module):
     def sample(
         self, images, img_masks, lang_tokens, lang_masks, state, noise: Tensor,
         num_steps: int | None = None, use_cache: bool | None = None, return_trajectory: bool = False,
+        samples: int = 1,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Euler integration of dx/dt = v from t=1 (noise) to t=0: x <- x - v / num_steps.
 
         With the cache (default) the prefix runs through the VLM once; each step runs the expert only.
-        Returns the final x (B, T, A_max) and, with `return_trajectory`, [x_1, x_0.9, ..., x_0].
+        `samples` N > 1 integrates N noise draws per observation and returns their mean: `noise` is then
+        (B*N, T, A_max), copies of one observation consecutive. The prefix still runs once per observation.
+        Returns the final x (B, T, A_max) and, with `return_trajectory`, [x_1, x_0.9, ..., x_0] (means over N).
         """
         num_steps = num_steps or self.config.num_steps
         use_cache = self.config.use_cache if use_cache is None else use_cache
         B = state.shape[0]
+        if noise.shape[0] != B * samples:
+            raise ValueError(f"noise has {noise.shape[0]} rows; {B} observations x {samples} samples need {B * samples}.")
         prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state)
 
         if use_cache:
-            cache, bias, positions = self.prefill(prefix)
+            cache, bias, positions = self.prefill(prefix, copies=samples)
+        elif samples > 1:
+            prefix = tuple(x.repeat_interleave(samples, 0) for x in prefix)
 
+        rows = B * samples
         dt = -1.0 / num_steps
-        times = [torch.full((B,), 1.0 + step * dt, dtype=torch.float32, device=noise.device) for step in range(num_steps)]
+        times = [torch.full((rows,), 1.0 + step * dt, dtype=torch.float32, device=noise.device) for step in range(num_steps)]
         d_exp = self.config.expert_width
-        tembs = time_embedding(torch.cat(times), d_exp, self.config.min_period, self.config.max_period).split(B)
+        tembs = time_embedding(torch.cat(times), d_exp, self.config.min_period, self.config.max_period).split(rows)
         x = noise
         trajectory = [x]
         for step, t in enumerate(times):
@@ -586,4 +594,7 @@ class SmolVLAModel(nn.Module):
                 v = self.velocity_uncached(prefix, x, t)
             x = x + dt * v
             trajectory.append(x)
+        if samples > 1:  # (B*N, T, A) -> (B, T, A): the mean of each observation's N chunks
+            trajectory = [xs.unflatten(0, (B, samples)).mean(1) for xs in trajectory]
+            x = trajectory[-1]
         return (x, trajectory) if return_trajectory else x
