@@ -91,7 +91,7 @@ class TrainConfig:
     hidden). A run must keep the setting it started with."""
     mixed_precision: bool = False
     """Run the forward pass under bfloat16 autocast: matrix products in bfloat16, attention, weights, optimiser
-    and the moving average in float32 (the loss too: autocast computes it in float32). 1.35x the steps per second
+    and the moving average in float32 (the loss too: autocast computes it in float32). 1.28-1.35x the steps per second
     on one thread of a CPU with bfloat16 instructions (AVX512-BF16 or AMX; benchmarks/results/policy_speed.json);
     slower on CPUs without them; not measured on GPUs."""
     seed: int = 0
