@@ -139,6 +139,8 @@ def test_samples_per_chunk_comes_from_the_config():
     torch.testing.assert_close(p.predict_chunk(obs, noise=noise), p.predict_chunk(obs, noise=noise, samples=4))
     with pytest.raises(ValueError, match="samples_per_chunk must be >= 1"):
         SmolVLAConfig.preset("nano", samples_per_chunk=0)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        p.predict_chunk(obs, samples=0)
 
 
 def test_bfloat16_inference_stays_close_to_float32():

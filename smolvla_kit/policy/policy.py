@@ -102,7 +102,9 @@ class SmolVLAPolicy(nn.Module):
         device = self.device
         inputs = self.processor.preprocess(observation, device)
         B = inputs["state"].shape[0]
-        samples = samples or self.config.samples_per_chunk
+        samples = self.config.samples_per_chunk if samples is None else samples
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1 (chunks drawn and averaged), got {samples}.")
         shape = (B * samples, self.config.chunk_size, self.config.max_action_dim)
         if noise is None:
             noise = torch.randn(shape, device=device)

@@ -496,8 +496,9 @@ class SmolVLAModel(nn.Module):
     def prefill(self, prefix: tuple[Tensor, Tensor, Tensor], copies: int = 1) -> tuple[PrefixCache, Tensor, Tensor]:
         """Run the prefix through the VLM once -> (cache, bias (B*copies, 1, S, P+S), positions (B*copies, P+S)).
 
-        The cache serves any number of suffixes: the Euler steps of one chunk, or (`copies` > 1, training)
-        several noisy versions of one frame's actions. Copies are consecutive: rows b*copies .. b*copies+copies-1.
+        The cache serves any number of suffixes: the Euler steps of one chunk, or (`copies` > 1) several noisy
+        versions of one frame's actions in training, or several draws of one chunk in `sample`. Copies are
+        consecutive: rows b*copies .. b*copies+copies-1.
         """
         embs_p, pad_p, flags_p = prefix
         mask_pp = block_causal_mask(pad_p, flags_p)
