@@ -165,7 +165,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     torch.set_num_threads(cpu_threads(cfg.num_threads))
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps),
-                                                 ("samples_per_chunk", cfg.samples_per_chunk)) if value}
+                                                 ("samples_per_chunk", cfg.samples_per_chunk)) if value is not None}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
     policy.set_dtype(cfg.dtype)
     policy.eval()

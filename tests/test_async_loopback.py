@@ -95,6 +95,22 @@ def test_async_then_sync_episode_over_loopback(server, sim_robot):
         assert server_stats["inference_ms_mean"] > 0
 
 
+def test_a_server_started_with_samples_per_chunk_serves_averaged_chunks(checkpoint, sim_robot):
+    """`policy-server --samples-per-chunk N` reaches the served policy: it reports N and plays chunks with it."""
+    srv = start_server_process(str(checkpoint), num_threads=1, seed=0, echo_stderr=False,
+                               extra_args=["--samples-per-chunk", "3"])
+    try:
+        task = sim_robot.reset(seed=2)
+        client = RobotClient(sim_robot, RemotePolicy(srv.host, srv.port), ClientConfig(mode="sync", fps=30.0))
+        assert client.connect()["samples_per_chunk"] == 3
+        stats = client.run_episode(task, max_steps=10, max_seconds=30)
+        client.close()
+        assert stats.outcome == "max_steps" and stats.actions == 10 and stats.chunks == 1
+        assert np.all(np.isfinite(sim_robot.env.joint_state()))
+    finally:
+        srv.stop()
+
+
 class _Robot:
     def __init__(self, obs):
         self.obs = obs

@@ -338,6 +338,8 @@ def test_bad_noise_shape(policy):
 def test_config_validation():
     with pytest.raises(ValueError, match="n_action_steps"):
         SmolVLAConfig.preset("nano", n_action_steps=60)
+    with pytest.raises(ValueError, match=r"n_action_steps \(0\) must be between 1"):
+        SmolVLAConfig.preset("nano", n_action_steps=0)
     with pytest.raises(TypeError, match="Unknown SmolVLAConfig field"):
         SmolVLAConfig.preset("nano", camera=["front"])
     with pytest.raises(ValueError, match="Unknown preset"):

@@ -73,6 +73,10 @@ def test_eval_can_run_the_policy_in_bfloat16(tmp_path):
     assert (summary["n_action_steps"], summary["num_steps"], summary["samples_per_chunk"]) == (5, 3, 4)
     saved = json.loads((tmp_path / "coarse" / "eval.json").read_text())["summary"]
     assert (saved["n_action_steps"], saved["num_steps"], saved["samples_per_chunk"]) == (5, 3, 4)
+    for bad in ({"n_action_steps": 0}, {"num_steps": 0}, {"samples_per_chunk": 0}):  # refused, not ignored
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}.*must be"):
+            evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path / "bad", episodes=1, progress=False,
+                                **bad))
     trajectory = load_file(str(tmp_path / "coarse" / "denoising.safetensors"))
     assert trajectory["episode_00/trajectory"].shape[0] == 4  # x_1 and one x per Euler step
     with pytest.raises(ValueError, match="float16"):

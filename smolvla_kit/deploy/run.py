@@ -165,7 +165,7 @@ def _deploy(args: argparse.Namespace) -> int:
             host, _, port = args.server.rpartition(":")
             link = RemotePolicy(host or "127.0.0.1", int(port))
         elif args.async_mode:
-            extra = ["--samples-per-chunk", str(args.samples_per_chunk)] if args.samples_per_chunk else []
+            extra = [] if args.samples_per_chunk is None else ["--samples-per-chunk", str(args.samples_per_chunk)]
             server = start_server_process(str(checkpoint), port=0, similarity_threshold=args.similarity_threshold,
                                           num_threads=args.num_threads, extra_args=extra)
             link = RemotePolicy(server.host, server.port)

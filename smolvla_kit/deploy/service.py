@@ -266,7 +266,7 @@ def load_policy_for_serving(
 
     path = resolve_checkpoint(Path(checkpoint))
     overrides = {name: value for name, value in (("n_action_steps", n_action_steps),
-                                                 ("samples_per_chunk", samples_per_chunk)) if value}
+                                                 ("samples_per_chunk", samples_per_chunk)) if value is not None}
     policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
     policy.set_dtype(dtype)
     policy.eval()

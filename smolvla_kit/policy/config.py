@@ -228,8 +228,8 @@ class SmolVLAConfig:
 
     def validate(self) -> None:
         """Reject settings the model cannot run with, saying which field is wrong."""
-        if self.n_action_steps > self.chunk_size:
-            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be <= chunk_size ({self.chunk_size}).")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be between 1 and chunk_size ({self.chunk_size}).")
         if self.state_dim > self.max_state_dim:
             raise ValueError(f"state_dim {self.state_dim} exceeds max_state_dim {self.max_state_dim}.")
         if self.action_dim > self.max_action_dim:
