@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from smolvla_kit.sim import ENV_IDS, SO101Env, ScriptedExpert
-from smolvla_kit.sim.scene import SceneConfig, build_model, read_binary_stl, upstream_arm_xml
+from smolvla_kit.sim.scene import SceneConfig, build_model, grid_merged_mesh, read_binary_stl, upstream_arm_xml
 from smolvla_kit.units import (
     GRIPPER_RANGE_RAD,
     JOINT_LIMITS,
@@ -41,10 +41,44 @@ def test_model_loads_and_steps(model):
 
 
 def test_visual_meshes_are_decimated(model):
-    """Software rendering pays per triangle: the scene draws far fewer than the upstream meshes have."""
+    """Software rendering pays per triangle: the visual geoms draw far fewer than the upstream meshes have."""
     meshdir = upstream_arm_xml().parent / "assets"
     upstream = sum(len(read_binary_stl(p)[1]) for p in meshdir.glob("*.stl"))
-    assert model.mesh_facenum.sum() < 0.5 * upstream
+    visual = {model.geom_dataid[g] for g in range(model.ngeom)
+              if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH and model.geom_group[g] == 2}
+    assert all(model.mesh(int(m)).name.endswith("_visual") for m in visual)
+    assert sum(model.mesh_facenum[int(m)] for m in visual) < 0.1 * upstream
+
+
+def test_visual_meshes_leave_the_physics_alone():
+    """The visual copies change what the cameras draw, not one bit of the motion."""
+    trajectories = []
+    for grid in (0.0, 0.002):
+        m = build_model(SceneConfig(visual_grid_m=grid))
+        d = mujoco.MjData(m)
+        mujoco.mj_resetDataKeyframe(m, d, 0) if m.nkey else mujoco.mj_resetData(m, d)
+        qpos = []
+        for t in range(150):  # shoulder and elbow swing down towards the table and back
+            d.ctrl[:6] = joints_to_radians(np.array([20 * np.sin(t / 20), 40 * np.sin(t / 30), 60 * np.sin(t / 25),
+                                                     30, 0, 50]))
+            mujoco.mj_step(m, d, nstep=7)
+            qpos.append(d.qpos.copy())
+        trajectories.append(np.array(qpos))
+    np.testing.assert_array_equal(trajectories[0], trajectories[1])
+
+
+def test_grid_merged_mesh_merges_and_drops_collapsed_triangles():
+    # A unit square in 4 x 4 cells (32 triangles) merged on a 0.5 grid: 3 x 3 vertices, 8 triangles.
+    xs, ys = np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 1, 5))
+    verts = np.stack([xs.ravel(), ys.ravel(), np.zeros(25)], 1)
+    quads = [(5 * r + c, 5 * r + c + 1, 5 * (r + 1) + c + 1, 5 * (r + 1) + c) for r in range(4) for c in range(4)]
+    faces = np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))])
+    merged, tris = grid_merged_mesh(verts, faces, 0.49)
+    assert len(merged) == 9 and len(tris) == 8
+    assert np.all((tris[:, 0] != tris[:, 1]) & (tris[:, 1] != tris[:, 2]) & (tris[:, 0] != tris[:, 2]))
+    assert len(np.unique(np.sort(tris, axis=1), axis=0)) == len(tris)
+    same, kept = grid_merged_mesh(verts, faces, 0.01)  # a cell finer than the mesh changes nothing
+    assert len(same) == 25 and len(kept) == 32
 
 
 def test_unit_constants_match_the_model(model):
