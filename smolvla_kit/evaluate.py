@@ -15,9 +15,11 @@ observation they came from, for the notebooks' plots).
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -51,7 +53,12 @@ class EvalConfig:
     """Chunks drawn per observation and averaged (the policy's setting when None)."""
     dtype: str = "float32"
     """"bfloat16" runs the VLM and the expert in bfloat16 (faster on CPUs with bf16 instructions)."""
+    workers: int = 0
+    """Processes that play episodes side by side, each with its own copy of the policy and simulator (1: all in
+    this process; 0: one per core, at most one per 4 episodes, for a policy under 50 M parameters, else 1). The
+    table is the same either way: each episode seeds its own noise."""
     num_threads: int = 0
+    """Torch threads per process (0: cores - 1 in one process; cores / workers with several)."""
     progress: bool = True
 
 
@@ -152,18 +159,11 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
     return {"images": float(np.mean(d_img)), "language": float(np.mean(d_lang))}
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the evaluation; writes the outputs and returns the summary."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    from smolvla_kit.data import encode_frames
+def _load(cfg: EvalConfig, checkpoint: Path) -> tuple[Any, Any]:
+    """The policy with the evaluation's sampler settings, and a simulator whose cameras match its training data."""
     from smolvla_kit.policy import SmolVLAPolicy
     from smolvla_kit.sim import SO101Env
-    from smolvla_kit.train import cpu_threads
 
-    torch.set_num_threads(cpu_threads(cfg.num_threads))
-    checkpoint = resolve_checkpoint(cfg.checkpoint)
     overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps),
                                                  ("samples_per_chunk", cfg.samples_per_chunk)) if value is not None}
     policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
@@ -173,29 +173,76 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     image_size = trained_image_size(checkpoint) or policy.config.image_size
     env = SO101Env(task=cfg.task, image_size=image_size, cameras=cameras, num_cubes=cfg.num_cubes,
                    max_episode_steps=cfg.max_steps)
+    return policy, env
+
+
+# One (policy, simulator) pair per worker process, built once by its initializer.
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(cfg: EvalConfig, checkpoint: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker["policy"], _worker["env"] = _load(cfg, checkpoint)
+
+
+def _play(job: tuple[int, str, bool, bool]) -> dict[str, Any]:
+    seed, color, video, denoising = job
+    return run_episode(_worker["policy"], _worker["env"], seed, color, video, denoising)
+
+
+def _episodes(cfg: EvalConfig, checkpoint: Path, policy: Any, env: Any, jobs: list[tuple[int, str, bool, bool]],
+              workers: int) -> Iterator[dict[str, Any]]:
+    """The outcome of each job, in order: in this process, or spread over `workers` fresh processes."""
+    if workers <= 1:
+        for seed, color, video, denoising in jobs:
+            yield run_episode(policy, env, seed, color, video, denoising)
+        return
+    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
+    # Fresh interpreters (spawn): no inherited OpenGL context or torch thread pool.
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg, checkpoint, threads)) as pool:
+        yield from pool.imap(_play, jobs, chunksize=1)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation; writes the outputs and returns the summary."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from smolvla_kit.data import encode_frames
+    from smolvla_kit.train import cpu_threads
+
+    torch.set_num_threads(cpu_threads(cfg.num_threads))
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    policy, env = _load(cfg, checkpoint)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    jobs = []
+    for i in range(cfg.episodes):
+        for color in env.colors:
+            n = len(jobs)
+            jobs.append((cfg.seed_start + i, color, n < cfg.videos, n < cfg.trajectories))
+    workers = cfg.workers
+    if workers == 0:
+        small = sum(p.numel() for p in policy.parameters()) < 50_000_000
+        workers = min(os.cpu_count() or 1, len(jobs) // 4) if small else 1  # a process takes seconds to start
+    workers = max(1, min(workers, len(jobs)))
+
     episodes: list[dict[str, Any]] = []
     denoising: dict[str, torch.Tensor] = {}
-    total = cfg.episodes * len(env.colors)
-    with tqdm(total=total, desc=f"eval {cfg.task}", unit="ep", disable=not cfg.progress) as bar:
-        for i in range(cfg.episodes):
-            seed = cfg.seed_start + i
-            for color in env.colors:
-                n = len(episodes)
-                result = run_episode(policy, env, seed, color, record_video=n < cfg.videos,
-                                     record_denoising=n < cfg.trajectories)
-                if "frames" in result:
-                    path = out / f"rollout_{n:02d}.mp4"
-                    encode_frames(path, np.stack(result.pop("frames")), fps=30)
-                    result["video"] = path.name
-                if "denoising" in result:
-                    for key, value in result.pop("denoising").items():
-                        denoising[f"episode_{n:02d}/{key}"] = value.contiguous()
-                episodes.append(result)
-                bar.update(1)
-                bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
+    with tqdm(total=len(jobs), desc=f"eval {cfg.task}", unit="ep", disable=not cfg.progress) as bar:
+        for result in _episodes(cfg, checkpoint, policy, env, jobs, workers):
+            n = len(episodes)
+            if "frames" in result:
+                path = out / f"rollout_{n:02d}.mp4"
+                encode_frames(path, np.stack(result.pop("frames")), fps=30)
+                result["video"] = path.name
+            if "denoising" in result:
+                for key, value in result.pop("denoising").items():
+                    denoising[f"episode_{n:02d}/{key}"] = value.contiguous()
+            episodes.append(result)
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
     sensitivity = input_sensitivity(policy, env, [cfg.seed_start + i for i in range(max(2, min(8, cfg.episodes)))])
     env.close()
     if denoising:
@@ -204,7 +251,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     summary = summarize(episodes)
     summary.update({"checkpoint": str(checkpoint), "task": cfg.task, "seed_start": cfg.seed_start,
                     "n_action_steps": policy.config.n_action_steps, "num_steps": policy.config.num_steps,
-                    "samples_per_chunk": policy.config.samples_per_chunk,
+                    "samples_per_chunk": policy.config.samples_per_chunk, "workers": workers,
                     "sensitivity_deg": sensitivity})
     (out / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}, indent=1))
     return summary

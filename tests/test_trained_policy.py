@@ -92,3 +92,18 @@ def test_an_evaluation_episode_replays_exactly(policy_and_env):
     again = run_episode(policy, env, HELD_OUT_SEED_START + 7, "red", record_denoising=True)
     assert torch.equal(first["denoising"]["trajectory"], again["denoising"]["trajectory"])
     assert (first["steps"], first["success"], first["grasped"]) == (again["steps"], again["success"], again["grasped"])
+
+
+def test_parallel_evaluation_plays_the_same_episodes(tmp_path):
+    from smolvla_kit.evaluate import EvalConfig, evaluate
+
+    tables = {}
+    for workers in (1, 2):
+        evaluate(EvalConfig(checkpoint="kit:nano-pick-place", out=tmp_path / str(workers), episodes=2, max_steps=40,
+                            videos=1, trajectories=1, workers=workers, num_threads=1, progress=False))
+        tables[workers] = json.loads((tmp_path / str(workers) / "eval.json").read_text())
+    assert tables[2]["summary"]["workers"] == 2
+    assert tables[1]["episodes"] == tables[2]["episodes"]  # outcomes, steps and grasps, episode by episode
+    assert (tmp_path / "2" / "rollout_00.mp4").stat().st_size > 0
+    one, two = (load_file(str(tmp_path / w / "denoising.safetensors")) for w in ("1", "2"))
+    assert torch.equal(one["episode_00/trajectory"], two["episode_00/trajectory"])
