@@ -1,22 +1,27 @@
-"""Learning curve: success rate of `nano` on held-out seeds against training wall-clock time.
+"""Learning curve: success rate of a recipe's policy on held-out scenes against training wall-clock time.
 
-    python benchmarks/learning_curve.py                       # 200 episodes, 20 min of training, 5 evaluations
-    python benchmarks/learning_curve.py --train-minutes 5 --episodes 60 --eval-episodes 5   # a quick look
+    python benchmarks/learning_curve.py --recipe pick-place          # the demo's recipe, scored at 3 points
+    python benchmarks/learning_curve.py --recipe quick --evaluations 1 --eval-episodes 1   # a smoke test
 
-1. Collects scripted pick-and-place demonstrations with distractor cubes (timed separately).
-2. Trains `nano` (or another shape, `--variant`) for `--train-minutes`, pausing at evenly spaced times to checkpoint.
-3. Evaluates every checkpoint on held-out seeds; each scene is played once per cube colour with the instruction
-   naming it, so `success` needs the right cube and `wrong_cube` counts the other one landing in the bin (a
-   policy that ignored the instruction would score about 50 % wrong).
+1. Collects the recipe's demonstrations (timed separately; `--collect-FIELD` overrides a CollectConfig field).
+2. Trains for the recipe's budget (`--FIELD` overrides a TrainConfig field), pausing at evenly spaced times (or
+   steps, for a recipe without a time limit) to checkpoint. Evaluation time is not counted as training time.
+3. Scores every checkpoint on held-out scenes with each sampler setting in `--samples-per-chunk` (default: one
+   draw, and the policy's own setting), side by side on the same episodes. Each scene is played once per cube
+   colour with the instruction naming it, so `success` needs the right cube and `wrong_cube` counts the other one
+   landing in the bin (a policy that ignored the instruction would score about 50 % wrong).
 4. Records how far the first chunk moves when the cameras show another scene and when the instruction names the
    other cube (`sensitivity_deg`): near 0 means the policy does not use that input yet.
 
-Evaluation time is not counted as training time. Results go to `benchmarks/results/learning_curve.json`.
+The held-out scenes start at `VALIDATION_SEED_START`, the range recipes are chosen on; the figures the README
+reports come from other ranges (`benchmarks/README.md`). Results go to `benchmarks/results/learning_curve.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -30,67 +35,56 @@ COLUMNS = ["train_minutes", "steps", "samples_per_chunk", "success_rate", "grasp
 
 
 def main() -> None:
+    from smolvla_kit.cli import add_dataclass_arguments, add_recipe_argument, explicit_values
+    from smolvla_kit.collect import VALIDATION_SEED_START, CollectConfig, collect
+    from smolvla_kit.evaluate import EvalConfig, evaluate
+    from smolvla_kit.recipes import recipe
+    from smolvla_kit.train import TrainConfig, latest_checkpoint, train
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_argument(parser, default="pick-place")
     parser.add_argument("--work", type=Path, default=Path("outputs/learning_curve"), help="data and runs go here")
-    parser.add_argument("--task", default="pick_place")
-    parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--train-minutes", type=float, default=20.0)
-    parser.add_argument("--evaluations", type=int, default=5, help="checkpoints evaluated along the run")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="held-out scenes per evaluation")
-    parser.add_argument("--steps", type=int, default=6000, help="schedule length (training stops at the time limit)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=128, help="camera resolution of the recorded dataset")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: cores - 1)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (the preset's when unset)")
-    parser.add_argument("--start-share", type=float, default=0.0, help="share of each batch from episode starts")
-    parser.add_argument("--camera-warmup-steps", type=int, default=0,
-                        help="first steps on episode starts with the state hidden (TrainConfig.camera_warmup_steps)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="actions per predicted chunk (the preset's 50)")
-    parser.add_argument("--noise-samples", type=int, default=1,
-                        help="noise draws per frame in the loss (TrainConfig.noise_samples)")
-    parser.add_argument("--ema-decay", type=float, default=0.0,
-                        help="evaluate a moving average of the weights (TrainConfig.ema_decay; 0: off)")
-    parser.add_argument("--played-weight", type=float, default=1.0,
-                        help="loss weight of the actions played from each chunk (TrainConfig.played_weight)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="bfloat16 autocast in training (TrainConfig.mixed_precision)")
-    parser.add_argument("--samples-per-chunk", type=int, nargs="+", default=[None],
-                        help="evaluate each checkpoint with these numbers of averaged chunks, side by side "
-                             "(default: the policy's setting)")
-    parser.add_argument("--every-colour", action="store_true",
-                        help="record each scene once per cube colour named (CollectConfig.every_colour)")
+    parser.add_argument("--evaluations", type=int, default=3, help="checkpoints scored along the run")
+    parser.add_argument("--samples-per-chunk", type=int, nargs="+", default=[1, None],
+                        help="score each checkpoint with these numbers of averaged draws (0: the policy's own)")
     parser.add_argument("--variant", default="nano", choices=["nano", *NANO_VARIANTS],
                         help="another nano shape (benchmarks/common.py); results go to learning_curve_<variant>.json")
+    add_dataclass_arguments(parser, TrainConfig, skip=("dataset", "out", "recipe", "stop_at", "progress"),
+                            keep_defaults=False)
+    add_dataclass_arguments(parser, CollectConfig, skip=("out", "progress"), prefix="collect-", keep_defaults=False)
+    add_dataclass_arguments(parser, EvalConfig, skip=("checkpoint", "out", "samples_per_chunk", "progress", "videos",
+                                                      "trajectories", "seed_start"),
+                            prefix="eval-", keep_defaults=False)
     args = parser.parse_args()
-
-    from smolvla_kit.collect import CollectConfig, collect
-    from smolvla_kit.evaluate import EvalConfig, evaluate
-    from smolvla_kit.train import TrainConfig, cpu_threads, latest_checkpoint, train
+    plan = recipe(args.recipe)
+    samples_settings = [s or None for s in args.samples_per_chunk]
 
     data = args.work / "data"
+    collect_cfg = plan.collect_config(out=data, progress=False, **explicit_values(args, CollectConfig, "collect-"))
     t0 = time.perf_counter()
-    summary = collect(CollectConfig(out=data, task=args.task, episodes=args.episodes, image_size=args.image_size,
-                                    every_colour=args.every_colour, progress=False))
+    summary = collect(collect_cfg)
     collect_s = time.perf_counter() - t0
     print(f"collected {summary['episodes']} episodes / {summary['frames']} frames in {collect_s / 60:.1f} min")
 
-    rows = []
-    run = args.work / "run"
+    train_explicit = explicit_values(args, TrainConfig)
+    if args.variant != "nano":
+        train_explicit["policy_overrides"] = {**nano_variant_overrides(args.variant),
+                                              **train_explicit.get("policy_overrides", {})}
+    base = plan.train_config(dataset=data, out=args.work / "run", progress=False, **train_explicit)
+    rows, resolved = [], None
     for k in range(1, args.evaluations + 1):
-        minutes = args.train_minutes * k / args.evaluations
-        result = train(TrainConfig(dataset=data, out=run, steps=args.steps, batch_size=args.batch_size,
-                                   max_minutes=minutes, save_every=10**9, num_threads=args.threads,
-                                   lr=args.lr, start_share=args.start_share,
-                                   camera_warmup_steps=args.camera_warmup_steps, chunk_size=args.chunk_size,
-                                   noise_samples=args.noise_samples, ema_decay=args.ema_decay,
-                                   mixed_precision=args.mixed_precision, played_weight=args.played_weight,
-                                   policy_overrides=nano_variant_overrides(args.variant), progress=False))
-        checkpoint = latest_checkpoint(run)
-        for samples in args.samples_per_chunk:
-            name = f"eval_{k}" if samples is None else f"eval_{k}_samples{samples}"
-            ev = evaluate(EvalConfig(checkpoint=checkpoint, out=args.work / name, task=args.task,
-                                     episodes=args.eval_episodes, samples_per_chunk=samples, videos=1, trajectories=1,
-                                     progress=False))
+        if base.max_minutes:  # pause at evenly spaced training times
+            point = dataclasses.replace(base, max_minutes=base.max_minutes * k / args.evaluations, save_every=10**9)
+        else:  # or steps
+            point = dataclasses.replace(base, stop_at=base.steps * k // args.evaluations, save_every=10**9)
+        result = train(point)
+        checkpoint = latest_checkpoint(args.work / "run")
+        resolved = (checkpoint / "training_state.json").read_text()
+        for samples in samples_settings:
+            name = f"eval_{k}" + (f"_samples{samples}" if samples else "")
+            ev = evaluate(plan.eval_config(checkpoint=checkpoint, out=args.work / name, samples_per_chunk=samples,
+                                           seed_start=VALIDATION_SEED_START, videos=1, trajectories=1, progress=False,
+                                           **explicit_values(args, EvalConfig, "eval-")))
             row = {
                 "train_minutes": result["train_seconds"] / 60,
                 "steps": result["steps"],
@@ -104,7 +98,7 @@ def main() -> None:
             }
             rows.append(row)
             print_table([row], COLUMNS)
-        if result["steps"] >= args.steps:
+        if result["steps"] >= base.steps:
             break
 
     print()
@@ -112,13 +106,13 @@ def main() -> None:
     path = write_results(
         "learning_curve" if args.variant == "nano" else f"learning_curve_{args.variant}",
         rows,
-        task=args.task,
+        recipe=plan.name,
         variant=args.variant,
-        dataset={"episodes": summary["episodes"], "frames": summary["frames"], "image_size": args.image_size,
-                 "collect_minutes": collect_s / 60, "resumed_at": summary["resumed_at"],
-                 "every_colour": args.every_colour},
-        train_threads=cpu_threads(args.threads),
-        note="training wall-clock excludes evaluation; held-out seeds from 10,000,000; each scene played once per colour",
+        dataset={"episodes": summary["episodes"], "frames": summary["frames"], "collect_minutes": collect_s / 60,
+                 "resumed_at": summary["resumed_at"], **dataclasses.asdict(collect_cfg), "out": str(collect_cfg.out)},
+        train_settings=json.loads(resolved)["train_config"] if resolved else None,
+        held_out_seed_start=VALIDATION_SEED_START,
+        note="training wall-clock excludes evaluation; each scene played once per colour; validation seeds",
     )
     print(f"wrote {path}")
 

@@ -1,8 +1,8 @@
 """The `smolvla-kit` command: each sub-command is one settings dataclass turned into flags.
 
-    smolvla-kit demo [--quick]          collect -> train -> evaluate -> report
-    smolvla-kit collect --episodes 200  record scripted demonstrations (LeRobot v3.0)
-    smolvla-kit train --dataset DIR     train a policy (resumes when re-run)
+    smolvla-kit demo [--recipe NAME]    collect -> train -> evaluate -> report (a recipe sets the budgets)
+    smolvla-kit collect [--recipe NAME] record scripted demonstrations (LeRobot v3.0)
+    smolvla-kit train --dataset DIR [--recipe NAME]   train a policy (resumes when re-run)
     smolvla-kit eval --checkpoint DIR   success rate on held-out seeds, videos, denoising traces
     smolvla-kit virtual-arm             a simulated SO-101 on a pseudo-terminal that speaks the Feetech protocol
     smolvla-kit calibrate --port PORT   calibrate a real arm (writes LeRobot's calibration JSON)
@@ -10,7 +10,8 @@
     smolvla-kit policy-server --checkpoint CKPT   serve a policy for asynchronous inference
     smolvla-kit data info|check|recompute-stats|repair ROOT   look after a dataset
 
-A flag's help text is the docstring written under the dataclass field it sets.
+A flag's help text is the docstring written under the dataclass field it sets. With `--recipe NAME`, the named
+recipe (smolvla_kit/recipes.py) fills every field the command line does not set.
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ def _parser_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
     return json.loads, False
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One `--flag` per dataclass field (snake_case -> kebab-case), defaults and help from the class."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), prefix: str = "",
+                            keep_defaults: bool = True) -> None:
+    """One `--flag` per dataclass field (snake_case -> kebab-case, after `prefix`), defaults and help from the class.
+
+    With `keep_defaults=False` a flag that is not given stays out of the parsed namespace, so that
+    `explicit_values` can tell it from one given with the default's value (a recipe fills the rest).
+    """
     docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -67,14 +73,27 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         convert, is_bool = _parser_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        dest = (prefix + f.name).replace("-", "_")
+        parsed_default = default if keep_defaults else argparse.SUPPRESS
         help_text = docs.get(f.name, "")
         if is_bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=parsed_default,
+                                help=f"{help_text} (default: {default})".strip())
         else:
-            shown = json.dumps(default) if isinstance(default, (list, dict)) else default
-            parser.add_argument(flag, dest=f.name, type=convert, default=default,
+            shown = json.dumps(default) if isinstance(default, (list, dict, tuple)) else default
+            parser.add_argument(flag, dest=dest, type=convert, default=parsed_default,
                                 help=f"{help_text} (default: {shown})".strip())
+
+
+def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+    """The fields of `cls` given on the command line (parsed with `keep_defaults=False`), by field name."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        dest = (prefix + f.name).replace("-", "_")
+        if hasattr(args, dest):
+            values[f.name] = getattr(args, dest)
+    return values
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
@@ -83,21 +102,37 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> An
     return cls(**values)
 
 
+def add_recipe_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """`--recipe NAME`, with the kit's recipes listed at the end of --help."""
+    from smolvla_kit.recipes import RECIPES
+
+    parser.add_argument("--recipe", choices=list(RECIPES), default=default,
+                        help="fill every setting not given on the command line from this named recipe "
+                             f"(default: {default or 'none: the defaults shown'})")
+    listing = "\n".join(f"  {r.name:<16} {r.about}" for r in RECIPES.values())
+    parser.epilog = f"recipes (smolvla_kit/recipes.py):\n{listing}"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from smolvla_kit.collect import CollectConfig, collect
+    from smolvla_kit.recipes import recipe
 
-    summary = collect(dataclass_from_args(CollectConfig, args))
+    explicit = explicit_values(args, CollectConfig)
+    summary = collect(recipe(args.recipe).collect_config(**explicit) if args.recipe else CollectConfig(**explicit))
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from smolvla_kit.recipes import recipe
     from smolvla_kit.train import TrainConfig, train
 
-    summary = train(dataclass_from_args(TrainConfig, args))
+    explicit = explicit_values(args, TrainConfig)
+    summary = train(recipe(args.recipe).train_config(**explicit) if args.recipe else TrainConfig(**explicit))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -175,7 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", EvalConfig, _cmd_eval, "evaluate a checkpoint in simulation on held-out seeds"),
     ):
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text))
-        add_dataclass_arguments(p, cls)
+        if name in ("collect", "train"):  # a recipe fills what the flags leave unset
+            add_recipe_argument(p)
+            add_dataclass_arguments(p, cls, skip=("recipe",), keep_defaults=False)
+        elif name == "demo":
+            add_recipe_argument(p, default=DemoConfig.recipe)
+            add_dataclass_arguments(p, cls, skip=("recipe",))
+        else:
+            add_dataclass_arguments(p, cls)
         p.set_defaults(func=func)
     sub.add_parser("virtual-arm", help="a simulated SO-101 behind a pseudo-terminal (see its --help)", add_help=False)
     sub.add_parser("calibrate", help="calibrate a real SO-101 follower, LeRobot-compatible (see its --help)",

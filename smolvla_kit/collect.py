@@ -6,13 +6,14 @@ Episodes run in worker processes (one per core by default); the main process wri
 disk, in episode order, before it takes the next one, so a killed run keeps every episode it finished. Running
 the same command again resumes: the writer drops any half-written episode and numbering continues. The settings
 that decide what an episode holds are kept in `meta/kit_collect.json`; resuming with different ones is refused,
-since the dataset would silently mix two recipes.
+since the dataset would silently mix two kinds of episode.
 
 Seeds: episode k is recorded from seed `seed + 1000 * k + r`, where r counts the expert's failed attempts at that
 episode (failed attempts are not recorded); with `every_colour`, from `seed + 1000 * (k // colours) + r`. The
-sequence depends only on k, so a resumed run records exactly what an uninterrupted one would have. Evaluation
-draws its seeds from `HELD_OUT_SEED_START` upwards, a range training data never reaches (fewer than 10,000
-episodes).
+sequence depends only on k, so a resumed run records exactly what an uninterrupted one would have. Held-out
+scenes come from ranges training data never reaches (fewer than 10,000 scenes): recipes and settings are chosen on
+`VALIDATION_SEED_START` upwards, and figures are reported from `HELD_OUT_SEED_START` upwards (`smolvla-kit eval`'s
+default), where no choice was made by looking.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-HELD_OUT_SEED_START = 10_000_000
+VALIDATION_SEED_START = 10_000_000
+HELD_OUT_SEED_START = 20_000_000
 SEEDS_PER_EPISODE = 1000
 SETTINGS_FILE = "meta/kit_collect.json"
 
@@ -41,8 +43,8 @@ class CollectConfig:
     """Simulator task: "reach" or "pick_place"."""
     episodes: int = 100
     """Episodes the dataset should hold when done (a resumed run records only the missing ones)."""
-    image_size: int = 128
-    """Camera images are image_size x image_size."""
+    image_size: int = 96
+    """Camera images are image_size x image_size (nano looks at 96 x 96)."""
     num_cubes: int | None = None
     """Cubes on the table (task default when None)."""
     noise_deg: float = 2.0
@@ -51,10 +53,11 @@ class CollectConfig:
     """Domain randomisation of light, colours, table and front camera."""
     seed: int = 0
     """Base of the seed sequence (see the module docstring)."""
-    every_colour: bool = False
+    every_colour: bool = True
     """pick_place: record each scene once per cube colour, the instruction naming each in turn (episodes 2k and
     2k+1 share scene k with two cubes). The images alone then cannot tell which cube to fetch, so a policy must
-    learn the words; with one random colour per scene, a few hundred scenes can be memorised instead."""
+    learn the words; with one random colour per scene, a few hundred scenes can be memorised instead. The reach
+    task names no cube and ignores it."""
     workers: int = 0
     """Worker processes; 0 = one per CPU core."""
     max_attempts: int = 20
@@ -126,7 +129,7 @@ def _run_episode(index: int) -> EpisodeRecording | None:
     cfg = _worker_cfg
     assert cfg is not None and _worker_env is not None
     scene, color = index, None
-    if cfg.every_colour:
+    if _pairs(cfg):
         colors = _worker_env.colors
         scene, color = index // len(colors), colors[index % len(colors)]
     for attempt in range(cfg.max_attempts):
@@ -145,23 +148,28 @@ def _run_episode(index: int) -> EpisodeRecording | None:
     return None
 
 
-def _recipe(cfg: CollectConfig) -> dict[str, Any]:
+def _pairs(cfg: CollectConfig) -> bool:
+    """Whether each scene is recorded once per cube colour."""
+    return cfg.every_colour and cfg.task == "pick_place"
+
+
+def _episode_settings(cfg: CollectConfig) -> dict[str, Any]:
     """The settings that decide what episode k holds (the worker count and the progress bar do not)."""
     return {"task": cfg.task, "image_size": cfg.image_size, "num_cubes": cfg.num_cubes, "noise_deg": cfg.noise_deg,
-            "randomize": cfg.randomize, "seed": cfg.seed, "every_colour": cfg.every_colour}
+            "randomize": cfg.randomize, "seed": cfg.seed, "every_colour": _pairs(cfg)}
 
 
-def _check_recipe(root: Path, cfg: CollectConfig, committed: int) -> None:
+def _check_settings(root: Path, cfg: CollectConfig, committed: int) -> None:
     """Refuse to append to a dataset recorded with other settings. A new dataset, or one recorded before the kit
     kept this file, gets the current settings written down."""
     path = root / SETTINGS_FILE
-    recipe = _recipe(cfg)
+    settings = _episode_settings(cfg)
     if committed and path.exists():
         try:
             recorded = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
-        differ = {k: (recorded.get(k), v) for k, v in recipe.items() if recorded.get(k) != v}
+        differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
         if differ:
             changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
             raise ValueError(
@@ -170,7 +178,7 @@ def _check_recipe(root: Path, cfg: CollectConfig, committed: int) -> None:
             )
         return
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(recipe, indent=2) + "\n")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -180,8 +188,6 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
 
     from smolvla_kit.data import LeRobotDatasetWriter, so101_features
 
-    if cfg.every_colour and cfg.task != "pick_place":
-        raise ValueError(f"every_colour needs the pick_place task (cubes to name); got task {cfg.task!r}.")
     features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
     writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
     start = writer.num_episodes
@@ -190,7 +196,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     workers = cfg.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo) or 1))
     try:
-        _check_recipe(Path(cfg.out), cfg, start)
+        _check_settings(Path(cfg.out), cfg, start)
         if todo:
             ctx = mp.get_context("spawn")  # fresh interpreters: no inherited OpenGL contexts or torch threads
             with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool, tqdm(
@@ -219,4 +225,5 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["CollectConfig", "EpisodeRecording", "HELD_OUT_SEED_START", "collect", "record_episode"]
+__all__ = ["CollectConfig", "EpisodeRecording", "HELD_OUT_SEED_START", "VALIDATION_SEED_START", "collect",
+           "record_episode"]

@@ -2,8 +2,9 @@
 
     smolvla-kit eval --checkpoint outputs/train/nano/checkpoints/last --task pick_place --episodes 20
 
-Seeds start at `HELD_OUT_SEED_START`, a range the training data never reaches. Each seed's scene is played once
-per cube colour, the instruction naming that colour, so the table shows whether the policy follows the words:
+Seeds start at `HELD_OUT_SEED_START`, a range the training data never reaches and no recipe was chosen on. Each
+seed's scene is played once per cube colour, the instruction naming that colour, so the table shows whether the
+policy follows the words:
 `success` counts the named cube in the bin, `wrong_cube` counts another cube there instead. Each episode seeds the
 sampler's noise with its scene's seed, so the same checkpoint and settings give the same table on the same machine.
 

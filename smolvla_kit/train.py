@@ -1,13 +1,16 @@
 """Train a SmolVLA policy on a LeRobot dataset (the simulator's or a real SO-101's).
 
-    smolvla-kit train --dataset outputs/data/pick_place --out outputs/train/nano --steps 3000
+    smolvla-kit train --dataset outputs/data/pick_place --out outputs/train/nano
+    smolvla-kit train --recipe pick-place --dataset outputs/demo/data --out outputs/train/nano   # a named recipe
 
 What happens, step by step:
 
-1. The dataset is checked against the policy (state and action sizes, an explicit camera map) and its
-   mean/std statistics are read from `meta/stats.json` into the policy, which normalises inside itself.
-2. AdamW with linear warm-up then cosine decay, gradient clipping, on CUDA or MPS when present and otherwise
-   `torch.set_num_threads(cores - 1)` on the CPU. `noise_samples` draws several noise levels per frame.
+1. The settings are resolved (a recipe's, then explicit flags, then `START_DEFAULTS` for what is still unset)
+   and checked; the checkpoints record them. The dataset is checked against the policy (state and action sizes,
+   an explicit camera map) and its mean/std statistics are read from `meta/stats.json` into the policy, which
+   normalises inside itself.
+2. AdamW with linear warm-up then cosine decay, gradient clipping, on CUDA or MPS when present and otherwise on
+   every CPU core. `noise_samples` draws several noise levels per frame over one pass of the VLM.
 3. Every `save_every` steps a checkpoint goes to `out/checkpoints/step_XXXXXX/` (safetensors + JSON, written to a
    temporary folder and renamed, so a kill never leaves half a checkpoint) and `out/checkpoints/last` names it.
    With `ema_decay` its policy is a moving average of the weights; the raw weights stay in its training state.
@@ -25,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,67 +39,88 @@ CHECKPOINTS = "checkpoints"
 LAST = "last"
 
 
+# Settings whose best value depends on where the weights start; a TrainConfig field left at None takes it from here.
+START_DEFAULTS: dict[str, dict[str, Any]] = {
+    # A preset trained from nothing (`nano` on a CPU): the kit's measured best (benchmarks/README.md).
+    "scratch": {"lr": 1e-3, "warmup_steps": 100, "start_share": 0.5, "camera_warmup_steps": 3000},
+    # Fine-tuning trained weights (`--init-from`, e.g. lerobot/smolvla_base): SmolVLA's published recipe.
+    "init_from": {"lr": 1e-4, "warmup_steps": 1000, "start_share": 0.0, "camera_warmup_steps": 0},
+}
+
+
 @dataclass
 class TrainConfig:
-    """Settings of a training run."""
+    """Settings of a training run. The defaults are the best measured for `nano` trained from scratch on the
+    simulator; a field left at None is filled in by where the weights start (`START_DEFAULTS`)."""
 
     dataset: Path = Path("outputs/data/pick_place")
     """LeRobot dataset folder (v3.0 or v2.1)."""
     out: Path = Path("outputs/train/nano")
     """Run folder: checkpoints, loss log and plot. Re-running with the same folder resumes."""
+    recipe: str | None = None
+    """The named recipe (smolvla_kit/recipes.py) the other fields were filled from; recorded with the run."""
     preset: str = "nano"
     """Policy preset: "nano" (trains from scratch on a CPU) or "base" (smolvla_base's shape)."""
     init_from: str | None = None
     """Start from these weights (a kit checkpoint, a LeRobot SmolVLA folder or a Hub id) instead of a preset."""
-    steps: int = 3000
-    """Optimiser steps (the length of the learning-rate schedule)."""
+    steps: int = 13_500
+    """Optimiser steps: the length of the learning-rate schedule. A run usually stops earlier, at
+    `max_minutes`, with the rate still up; on the kit's budgets that beat a schedule that runs out."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) once training has run this long; None = no limit."""
     stop_at: int | None = None
     """Pause after this step (with a checkpoint); re-running without it continues the same schedule."""
     batch_size: int = 32
     chunk_size: int | None = None
     """Actions predicted per chunk (None: the preset's or checkpoint's, 50). The policy plays only the first
-    `n_action_steps` (nano: 10) before it looks again; a shorter chunk spends more of the loss on the actions
-    that are played (nano with chunk 20: benchmarks/results/learning_curve.json's other_runs)."""
+    `n_action_steps` (nano: 10) before it looks again."""
     lr: float | None = None
-    """Peak learning rate (the preset's when None)."""
+    """Peak learning rate (None: 1e-3 from scratch, 1e-4 with `init_from`)."""
     warmup_steps: int | None = None
-    """Linear warm-up (the preset's, capped at a tenth of `steps`, when None)."""
+    """Linear warm-up of the learning rate (None: 100 from scratch, 1,000 with `init_from`; at most a tenth of
+    `steps`)."""
     min_lr_ratio: float = 0.025
     """Cosine decay ends at this fraction of the peak (SmolVLA: 2.5e-6 / 1e-4)."""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's moment decay rates (SmolVLA's)."""
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-10
+    """AdamW's decoupled weight decay (SmolVLA's 1e-10: practically none)."""
     grad_clip: float = 10.0
+    """Gradients are clipped to this global norm."""
     save_every: int = 500
     log_every: int = 25
-    max_minutes: float | None = None
-    """Stop (with a checkpoint) once training has run this long; None = no limit."""
-    start_share: float = 0.0
-    """Share of each batch drawn from the first `start_frames` frames of the episodes (0: every frame equally).
-    There the arm has not moved yet, so only the cameras say where the named cube is."""
+    start_share: float | None = None
+    """Share of each batch drawn from the first `start_frames` frames of the episodes (None: 0.5 from scratch,
+    0 with `init_from`; 0 draws every frame equally). There the arm has not moved yet, so only the cameras say
+    where the named cube is."""
     start_frames: int = 20
-    camera_warmup_steps: int = 0
+    camera_warmup_steps: int | None = None
     """Train the first N steps on episode starts only (the first `camera_warmup_frames` frames) with the joint
-    state replaced by its dataset mean. A model trained from scratch otherwise learns to continue the motion the
-    state shows and never starts reading its cameras; with the state hidden and the arm at home, only the cameras
-    and the instruction say where to go. Ordinary batches (and `start_share`) follow."""
+    state replaced by its dataset mean (None: 3,000 or a quarter of `steps`, whichever is less, from scratch; 0
+    with `init_from`). A model trained from scratch otherwise learns to continue the motion the state shows and
+    never starts reading its cameras; with the state hidden and the arm at home, only the cameras and the
+    instruction say where to go. Ordinary batches (and `start_share`) follow."""
     camera_warmup_frames: int = 3
-    noise_samples: int = 1
+    noise_samples: int = 2
     """Noise draws per frame in the flow-matching loss. The VLM runs once per frame and only the small expert
     runs for each draw, so K > 1 gives each step K times as many targets for a little more compute."""
-    played_weight: float = 1.0
+    played_weight: float = 3.0
     """Loss weight of the first `n_action_steps` actions of each chunk (those the policy plays before it looks
     again) against the rest of the chunk (1: all alike)."""
-    ema_decay: float = 0.0
-    """Keep an exponential moving average of the weights (0: off; e.g. 0.999 averages over about 1,000 steps) and
+    ema_decay: float = 0.999
+    """Keep an exponential moving average of the weights (0: off; 0.999 averages over about 1,000 steps) and
     save it as the checkpoint's policy, as Diffusion Policy does. The raw weights go in the training state, for
     resuming. The average starts again when the camera warm-up ends: its steps train another objective (the state
     hidden). A run must keep the setting it started with."""
-    mixed_precision: bool = False
-    """Run the forward pass under bfloat16 autocast: matrix products in bfloat16, attention, weights, optimiser
-    and the moving average in float32 (the loss too: autocast computes it in float32). 1.28-1.35x the steps per second
-    on one thread of a CPU with bfloat16 instructions (AVX512-BF16 or AMX; benchmarks/results/policy_speed.json);
-    slower on CPUs without them; not measured on GPUs."""
+    mixed_precision: bool | None = None
+    """Run the forward pass under bfloat16 autocast: matrix products in bfloat16; attention, weights, optimiser,
+    the moving average and the loss in float32. None: on where it is fast (a CUDA GPU with bfloat16, a CPU with
+    AVX512-BF16 or AMX: 1.28-1.35x the steps per second on one thread, benchmarks/results/policy_speed.json), off
+    elsewhere (slower on CPUs without those instructions; Apple's MPS)."""
     seed: int = 0
     num_threads: int = 0
-    """CPU threads for torch; 0 = cores - 1 (at least 1)."""
+    """CPU threads for torch; 0 = every core (training is the machine's only job)."""
     device: str = "auto"
     """"auto" picks CUDA, then MPS, then the CPU."""
     camera_map: dict[str, str] | None = None
@@ -104,8 +128,58 @@ class TrainConfig:
     episodes: list[int] | None = None
     """Train on these episodes only (default: all)."""
     policy_overrides: dict[str, Any] = field(default_factory=dict)
-    """Extra SmolVLAConfig fields for a fresh preset (e.g. {"n_action_steps": 25})."""
+    """Extra SmolVLAConfig fields for a fresh preset (e.g. {"samples_per_chunk": 8}); carried in its checkpoints."""
     progress: bool = True
+
+    def resolved(self, device: torch.device | None = None) -> "TrainConfig":
+        """A copy with every None filled in (`START_DEFAULTS`, mixed precision for `device`) and the settings
+        checked, naming the field that is wrong. This is what a run records."""
+        start = START_DEFAULTS["init_from" if self.init_from else "scratch"]
+        values = {name: start[name] if getattr(self, name) is None else getattr(self, name) for name in start}
+        if self.camera_warmup_steps is None and not self.init_from:
+            values["camera_warmup_steps"] = min(start["camera_warmup_steps"], self.steps // 4)
+        if self.warmup_steps is None:
+            values["warmup_steps"] = min(start["warmup_steps"], self.steps // 10)
+        values["warmup_steps"] = max(1, values["warmup_steps"])
+        if self.mixed_precision is None:
+            values["mixed_precision"] = bfloat16_is_fast(device or pick_device(self.device))
+        cfg = replace(self, **values)
+        cfg.adam_betas = tuple(cfg.adam_betas)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Refuse settings a run cannot train with (on a resolved config)."""
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}.")
+        if not 0.0 <= self.start_share <= 1.0:
+            raise ValueError(f"start_share must be between 0 and 1, got {self.start_share}.")
+        if self.played_weight <= 0:
+            raise ValueError(f"played_weight must be positive, got {self.played_weight}.")
+        if self.noise_samples < 1:
+            raise ValueError(f"noise_samples must be at least 1, got {self.noise_samples}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.camera_warmup_steps < 0 or self.camera_warmup_frames < 1:
+            raise ValueError(
+                f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
+                f"{self.camera_warmup_steps} and {self.camera_warmup_frames}."
+            )
+        if self.camera_warmup_steps and self.camera_warmup_steps >= self.steps:
+            raise ValueError(
+                f"The camera warm-up ({self.camera_warmup_steps} steps) would take the whole run of {self.steps} "
+                f"steps; lower --camera-warmup-steps or raise --steps."
+            )
+
+
+def bfloat16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds training up on `device` (native bfloat16 arithmetic)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(probe() for probe in probes if probe is not None)
+    return False
 
 
 def pick_device(name: str) -> torch.device:
@@ -119,7 +193,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def cpu_threads(requested: int = 0) -> int:
-    """Torch threads to use: `requested`, or cores - 1 when 0 (at least 1), leaving a core for the rest."""
+    """Torch threads for a process that shares the machine (evaluation, a policy server): `requested`, or
+    cores - 1 when 0 (at least 1), leaving a core for the simulator or the robot loop."""
     return requested or max(1, (os.cpu_count() or 2) - 1)
 
 
@@ -332,24 +407,12 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
     from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
 
-    if not 0.0 <= cfg.start_share <= 1.0:
-        raise ValueError(f"start_share must be between 0 and 1, got {cfg.start_share}.")
-    if cfg.played_weight <= 0:
-        raise ValueError(f"played_weight must be positive, got {cfg.played_weight}.")
-    if cfg.noise_samples < 1:
-        raise ValueError(f"noise_samples must be at least 1, got {cfg.noise_samples}.")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
-    if cfg.camera_warmup_steps < 0 or cfg.camera_warmup_frames < 1:
-        raise ValueError(
-            f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
-            f"{cfg.camera_warmup_steps} and {cfg.camera_warmup_frames}."
-        )
+    device = pick_device(cfg.device)
+    cfg = cfg.resolved(device)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg.num_threads))
+        torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
 
     reader = LeRobotDatasetReader(cfg.dataset)
     resume_from = latest_checkpoint(run)
@@ -391,12 +454,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         "camera_shapes": {p: list(reader.meta.shape(d)) for p, d in camera_map.items()},
     }
 
-    peak = cfg.lr or pcfg.optimizer_lr
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(pcfg.scheduler_warmup_steps, cfg.steps // 10)
-    warmup = max(1, warmup)
     optimizer = torch.optim.AdamW(
-        policy.trainable_parameters(), lr=peak, betas=pcfg.optimizer_betas, eps=pcfg.optimizer_eps,
-        weight_decay=pcfg.optimizer_weight_decay,
+        policy.trainable_parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
     ema = WeightAverage(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start = 0
@@ -408,13 +467,14 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         _load_optimizer(optimizer, tensors, state["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
         start = int(state["step"])
+        saved_decay = state["train_config"].get("ema_decay", 0.0)
+        if saved_decay != cfg.ema_decay:
+            raise ValueError(
+                f"{resume_from} was saved with ema_decay {saved_decay}; this run asks for {cfg.ema_decay}. Resume it "
+                f"with the same ema_decay, or train into a new --out folder."
+            )
         if ema is not None:
             ema.load_raw(tensors, resume_from / "training_state.safetensors")
-        elif any(key.startswith("raw.") for key in tensors):
-            raise ValueError(
-                f"{resume_from} was saved with ema_decay {state['train_config'].get('ema_decay')}: its policy weights "
-                f"are an average. Resume it with the same ema_decay."
-            )
 
     log_path = run / "loss.csv"
     _truncate_log(log_path, start)
@@ -434,7 +494,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         while step < min(cfg.steps, cfg.stop_at or cfg.steps):
             if cfg.max_minutes is not None and elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 break
-            lr = lr_at(step, peak, warmup, cfg.steps, cfg.min_lr_ratio)
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)

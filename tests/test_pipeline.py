@@ -55,16 +55,17 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     assert np.array_equal(first.states[0], second.states[0])  # the same scene (its random start pose) ...
     assert "red" in first.task and "green" in second.task  # ... fetched once per colour
     assert not np.allclose(first.actions[:40], second.actions[:40], atol=1.0)
-    # Resuming with the other recipe would mix two kinds of episode: refused, naming the setting and the file.
+    # Resuming with other settings would mix two kinds of episode: refused, naming the setting and the file.
     with pytest.raises(ValueError, match=r"every_colour=True \(now False\).*kit_collect\.json"):
-        collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, progress=False))
+        collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, every_colour=False, progress=False))
     assert LeRobotDatasetReader(root).num_episodes == 2
     (root / "meta" / "kit_collect.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"kit_collect\.json: unreadable"):
         collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, every_colour=True, progress=False))
     assert LeRobotDatasetReader(root).num_episodes == 2
-    with pytest.raises(ValueError, match="every_colour"):
-        collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, every_colour=True, progress=False))
+    # The reach task names no cube: the setting does not apply, and the dataset records that it did not.
+    collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, image_size=32, workers=1, progress=False))
+    assert json.loads((tmp_path / "reach" / "meta" / "kit_collect.json").read_text())["every_colour"] is False
 
 
 def test_collection_killed_keeps_finished_episodes_and_resumes(tmp_path, dataset):
@@ -144,11 +145,11 @@ def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resu
     saved = load_file(str(restarted / "model.safetensors"))
     raw = load_file(str(restarted / "training_state.safetensors"))
     assert all(torch.equal(saved[k[len("raw."):]], v) for k, v in raw.items() if k.startswith("raw."))
-    with pytest.raises(ValueError, match=r"ema_decay 0\.5.*same ema_decay"):
+    with pytest.raises(ValueError, match=r"saved with ema_decay 0\.5; this run asks for 0\.999.*same ema_decay"):
         train(_train_cfg(dataset, tmp_path / "run", steps=4))
     plain = tmp_path / "plain"
-    train(_train_cfg(dataset, plain, steps=3))
-    with pytest.raises(ValueError, match=r"training_state\.safetensors has no raw weights.*saved without ema_decay"):
+    train(_train_cfg(dataset, plain, steps=3, ema_decay=0.0))
+    with pytest.raises(ValueError, match=r"saved with ema_decay 0\.0; this run asks for 0\.5"):
         train(_train_cfg(dataset, plain, steps=4, ema_decay=0.5))
     with pytest.raises(ValueError, match=r"ema_decay must be in"):
         train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
@@ -172,7 +173,8 @@ def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_the_policy_sett
 
 
 def test_mixed_precision_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, dataset):
-    plain = load_file(str(Path(train(_train_cfg(dataset, tmp_path / "fp32", steps=3))["checkpoint"]) / "model.safetensors"))
+    plain = load_file(str(Path(train(_train_cfg(dataset, tmp_path / "fp32", steps=3, mixed_precision=False))["checkpoint"])
+                          / "model.safetensors"))
     run = train(_train_cfg(dataset, tmp_path / "bf16", steps=3, mixed_precision=True))
     mixed = load_file(str(Path(run["checkpoint"]) / "model.safetensors"))
     rows = (tmp_path / "bf16" / "loss.csv").read_text().strip().splitlines()[1:]
@@ -228,7 +230,8 @@ def test_training_refuses_mismatched_data_with_clear_errors(tmp_path, dataset):
 
 def test_cli_demo_quick_writes_a_report(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "smolvla_kit.cli", "demo", "--quick", "--out", str(out), "--workers", "1"],
+    result = subprocess.run([sys.executable, "-m", "smolvla_kit.cli", "demo", "--recipe", "quick", "--out", str(out),
+                             "--workers", "1"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "report.md").read_text()
@@ -242,6 +245,12 @@ def test_cli_demo_quick_writes_a_report(tmp_path):
     trajectory = traces["episode_00/trajectory"]
     assert trajectory.shape == (11, 50, 6)  # noise + 10 Euler steps, the whole chunk, six joints
     assert "<video" in (out / "report.html").read_text()
+    # The report records the recipe and every setting as each stage resolved it.
+    settings = json.loads(report.split("```json", 1)[1].split("```", 1)[0])
+    assert settings["recipe"] == "quick" and settings["train"]["recipe"] == "quick"
+    assert settings["train"]["steps"] == 40 and settings["train"]["lr"] == 1e-3  # the recipe's, and the default's
+    assert settings["collect"]["every_colour"] is True
+    assert settings["sampler"]["samples_per_chunk"] == evaluation["summary"]["samples_per_chunk"] == 16
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -324,7 +333,7 @@ def test_camera_warmup_hides_the_state_on_episode_starts(tmp_path, dataset):
 
     reader = LeRobotDatasetReader(dataset)
     data = ChunkDataset(reader, chunk_size=50)
-    cfg = _train_cfg(dataset, tmp_path / "run", steps=4, camera_warmup_steps=2, camera_warmup_frames=3)
+    cfg = _train_cfg(dataset, tmp_path / "run", steps=4, camera_warmup_steps=2, camera_warmup_frames=3).resolved()
     mean = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"])
     pool = data.indices_before_frame(3)
     for step in range(4):

@@ -137,6 +137,11 @@ def test_samples_per_chunk_comes_from_the_config():
     p = SmolVLAPolicy(SmolVLAConfig.preset("nano", samples_per_chunk=4), stats=make_stats()).eval()
     obs, noise = make_obs(1, uint8=False), torch.randn(4, 50, 32)
     torch.testing.assert_close(p.predict_chunk(obs, noise=noise), p.predict_chunk(obs, noise=noise, samples=4))
+    # Noise of one draw per observation plays that draw, whatever the config averages (as SmolVLA, and the course)
+    torch.testing.assert_close(p.predict_chunk(obs, noise=noise[:1]), p.predict_chunk(obs, noise=noise[:1], samples=1))
+    assert not torch.allclose(p.predict_chunk(obs, noise=noise[:1]), p.predict_chunk(obs, noise=noise))
+    with pytest.raises(ValueError, match=r"noise has shape \(3, 50, 32\); expected \(4, 50, 32\)"):
+        p.predict_chunk(obs, noise=noise[:3], samples=4)
     with pytest.raises(ValueError, match="samples_per_chunk must be >= 1"):
         SmolVLAConfig.preset("nano", samples_per_chunk=0)
     with pytest.raises(ValueError, match="samples must be >= 1"):

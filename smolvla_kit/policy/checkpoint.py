@@ -180,8 +180,6 @@ _SAME_FIELDS = [
     "tokenizer_max_length", "pad_language_to", "add_image_special_tokens", "prefix_length", "vlm_model_name",
     "num_vlm_layers", "attention_mode", "num_expert_layers", "expert_width_multiplier", "self_attn_every_n_layers",
     "min_period", "max_period", "empty_cameras", "freeze_vision_encoder", "train_expert_only", "train_state_proj",
-    "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "optimizer_grad_clip_norm",
-    "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
 ]
 
 

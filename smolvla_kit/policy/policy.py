@@ -91,18 +91,22 @@ class SmolVLAPolicy(nn.Module):
         """A chunk of actions (B, chunk_size, A) in robot units.
 
         Args:
-            noise: the starting points x_1, (B * samples, chunk_size, max_action_dim); fresh N(0, 1) if None.
+            noise: the starting points x_1, (B * samples, chunk_size, max_action_dim), rows b * samples ...
+                b * samples + samples - 1 for observation b; fresh N(0, 1) if None. Given without `samples`,
+                its rows say how many draws each chunk averages ((B, T, A): one, as SmolVLA).
             num_steps: Euler steps (default `config.num_steps`, 10).
             return_trajectory: also return every intermediate x_t, un-normalised and cropped, as a
                 tensor (num_steps + 1, B, chunk_size, A) for t = 1, 1 - 1/n, ..., 0.
             use_cache: run the prefix once and cache it (default `config.use_cache`).
-            samples: chunks drawn per observation and averaged (default `config.samples_per_chunk`).
+            samples: chunks drawn per observation and averaged (default: as many as `noise` holds, else
+                `config.samples_per_chunk`).
         """
         self.eval()
         device = self.device
         inputs = self.processor.preprocess(observation, device)
         B = inputs["state"].shape[0]
-        samples = self.config.samples_per_chunk if samples is None else samples
+        if samples is None:
+            samples = self.config.samples_per_chunk if noise is None else max(1, noise.shape[0] // B)
         if samples < 1:
             raise ValueError(f"samples must be >= 1 (chunks drawn and averaged), got {samples}.")
         shape = (B * samples, self.config.chunk_size, self.config.max_action_dim)
