@@ -38,7 +38,7 @@ def _evaluate_one(job: tuple[str, str, str, int, Path, int, int]) -> dict[str, A
     label, checkpoint, setting, n, out, episodes, seed_start = job
     t0 = time.perf_counter()
     summary = evaluate(EvalConfig(checkpoint=checkpoint, out=out, episodes=episodes, seed_start=seed_start,
-                                  videos=0, trajectories=0, num_threads=1, progress=False, **{setting: n}))
+                                  videos=0, trajectories=0, workers=1, num_threads=1, progress=False, **{setting: n}))
     return {
         "checkpoint": label,
         setting: n,

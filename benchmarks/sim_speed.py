@@ -2,7 +2,9 @@
 
 The floor is what any wrapper must pay: `mj_step` for one control period (7 substeps) plus rendering the same two
 cameras straight through `mujoco.Renderer`. The kit's overhead is `floor_rate / env_rate - 1`; the target is
-under 20 %, and at least 40 env steps/s with two 128 px cameras on one core.
+under 20 %, and at least 40 env steps/s with two 128 px cameras on one core. The same floor loop also runs on
+the scene drawn with the decimated meshes the collision hulls use (`SceneConfig(visual_grid_m=0)`), alternating
+with the others, to measure what the visual meshes' own coarser copy saves (`visual_speedup`).
 
     python benchmarks/sim_speed.py            # full run (about a minute)
     python benchmarks/sim_speed.py --steps 50 # quicker
@@ -31,6 +33,7 @@ def measure(size: int, steps: int, repeats: int) -> dict:
     import mujoco
 
     from smolvla_kit.sim import SO101Env, ScriptedExpert
+    from smolvla_kit.sim.scene import SceneConfig, build_model
 
     env = SO101Env(task="pick_place", image_size=size)
     expert = ScriptedExpert(env, seed=0)
@@ -51,17 +54,28 @@ def measure(size: int, steps: int, repeats: int) -> dict:
     from smolvla_kit.units import joints_to_radians
 
     controls = [joints_to_radians(a) for a in actions]
-    floor_times, env_times = [], []
-    for _ in range(repeats):
-        env.reset(seed=0)
+    coarse_model = build_model(SceneConfig(visual_grid_m=0.0))  # the same physics, the decimated meshes drawn
+    coarse_data = mujoco.MjData(coarse_model)
+    coarse_renderer = mujoco.Renderer(coarse_model, size, size)
+
+    def floor(m: mujoco.MjModel, d: mujoco.MjData, r: mujoco.Renderer) -> float:
+        env.reset(seed=0)  # both floors start from the env's scene
+        for name in ("qpos", "qvel", "ctrl", "mocap_pos", "mocap_quat"):
+            getattr(d, name)[:] = getattr(data, name)
+        mujoco.mj_forward(m, d)
         t0 = time.perf_counter()
         for ctrl in controls:
-            data.ctrl[:6] = ctrl
-            mujoco.mj_step(model, data, nstep=env.n_substeps)
+            d.ctrl[:6] = ctrl
+            mujoco.mj_step(m, d, nstep=env.n_substeps)
             for cam in ("front", "wrist"):
-                renderer.update_scene(data, camera=cam)
-                renderer.render()
-        floor_times.append(time.perf_counter() - t0)
+                r.update_scene(d, camera=cam)
+                r.render()
+        return time.perf_counter() - t0
+
+    floor_times, coarse_times, env_times = [], [], []
+    for _ in range(repeats):
+        floor_times.append(floor(model, data, renderer))
+        coarse_times.append(floor(coarse_model, coarse_data, coarse_renderer))
 
         env.reset(seed=0)
         t0 = time.perf_counter()
@@ -69,6 +83,7 @@ def measure(size: int, steps: int, repeats: int) -> dict:
             env.step(action)
         env_times.append(time.perf_counter() - t0)
     renderer.close()
+    coarse_renderer.close()
     env.close()
     floor_rate = steps / min(floor_times)
     env_rate = steps / min(env_times)
@@ -80,6 +95,8 @@ def measure(size: int, steps: int, repeats: int) -> dict:
         "floor_steps_per_s": floor_rate,
         "overhead_pct": 100.0 * (floor_rate / env_rate - 1.0),
         "env_ms_per_step": 1000.0 / env_rate,
+        "floor_decimated_visuals_steps_per_s": steps / min(coarse_times),
+        "visual_speedup": min(coarse_times) / min(floor_times),
     }
 
 
@@ -87,11 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="control steps per timed loop")
     parser.add_argument("--repeats", type=int, default=3, help="timed loops per setting (the best counts)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 256])
     args = parser.parse_args()
     _pin_one_core()
     rows = [measure(size, args.steps, args.repeats) for size in args.sizes]
-    print_table(rows, ["image_size", "env_steps_per_s", "floor_steps_per_s", "overhead_pct", "env_ms_per_step"])
+    print_table(rows, ["image_size", "env_steps_per_s", "floor_steps_per_s", "overhead_pct", "env_ms_per_step",
+                       "floor_decimated_visuals_steps_per_s", "visual_speedup"])
     path = write_results("sim_speed", rows, note="one core (sched_setaffinity), best of repeats, pick_place task")
     print(f"wrote {path}")
 

@@ -5,8 +5,8 @@
 
 The recipe (`smolvla_kit/recipes.py`) sets every budget. Everything lands in `--out` (default `outputs/demo/`):
 `data/` (a LeRobot v3.0 dataset), `train/` (checkpoints, loss log), `eval/` (results, rollout videos, denoising
-traces) and `report.md` / `report.html`. Each stage resumes when the demo is run again, so an interrupted demo
-picks up where it stopped.
+traces) and `report.md` / `report.html` / `report.json`. Each stage resumes when the demo is run again, so an
+interrupted demo picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _image_tag(path: Path, alt: str) -> str:
 
 def write_report(out: Path, plan: Recipe, data: dict[str, Any], run: dict[str, Any], summary: dict[str, Any],
                  timings: dict[str, float]) -> Path:
-    """`report.md` and `report.html` (self-contained apart from the rollout video) in `out`."""
+    """`report.md`, `report.html` (self-contained apart from the rollout videos) and `report.json` in `out`."""
     from safetensors.torch import load_file
 
     from smolvla_kit.evaluate import format_table
@@ -129,6 +129,17 @@ def write_report(out: Path, plan: Recipe, data: dict[str, Any], run: dict[str, A
         md += ["## Rollouts", "", *[f"- [{v.name}](eval/{v.name})" for v in videos], ""]
     md += ["## Settings", "", "```json", json.dumps(settings, indent=1), "```"]
     (out / "report.md").write_text("\n".join(md) + "\n")
+    record = {  # the same facts for programs (benchmarks/demo.py)
+        "recipe": plan.name,
+        "minutes": {"collect": timings["collect_s"] / 60, "train": run["train_seconds"] / 60,
+                    "train_stage": timings["train_s"] / 60, "eval": timings["eval_s"] / 60},
+        "data": data,
+        "training_steps": run["steps"],
+        "final_loss": float(log["loss"][-1]) if len(log.get("loss", [])) else None,
+        "evaluation": summary,
+        "settings": settings,
+    }
+    (out / "report.json").write_text(json.dumps(record, indent=1) + "\n")
 
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     table_rows = "".join(
