@@ -163,6 +163,7 @@ def main() -> None:
         ("nano chunk, no cache", "chunk:nano:uncached", 1, 30),
         ("nano chunk, cache, bfloat16", "chunk:nano:cached:bfloat16", 1, 30),
         ("nano chunk, cache, 8 draws averaged", "chunk:nano:cached:float32:8", 1, 30),
+        ("nano chunk, cache, 16 draws (nano's default)", "chunk:nano:cached:float32:16", 1, 30),
         ("nano chunk, cache, 32 draws averaged", "chunk:nano:cached:float32:32", 1, 30),
         ("nano train step, batch 32", "train:nano", 1, 5),
         ("nano train step, batch 32, 2 noise draws", "train:nano:2", 1, 5),

@@ -87,19 +87,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
 
 
 def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
-    """The fields of `cls` given on the command line (parsed with `keep_defaults=False`), by field name."""
+    """The fields of `cls` in the parsed namespace, by field name: all of them, or with `keep_defaults=False` only
+    those given on the command line."""
     values = {}
     for f in dataclasses.fields(cls):
         dest = (prefix + f.name).replace("-", "_")
         if hasattr(args, dest):
             values[f.name] = getattr(args, dest)
     return values
-
-
-def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    values.update(fixed)
-    return cls(**values)
 
 
 def add_recipe_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -140,7 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from smolvla_kit.evaluate import EvalConfig, evaluate, format_table
 
-    summary = evaluate(dataclass_from_args(EvalConfig, args))
+    summary = evaluate(EvalConfig(**explicit_values(args, EvalConfig)))
     print(format_table(summary))
     print(f"results in {args.out}")
     return 0
@@ -149,7 +144,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from smolvla_kit.demo import DemoConfig, run_demo
 
-    report = run_demo(dataclass_from_args(DemoConfig, args))
+    report = run_demo(DemoConfig(**explicit_values(args, DemoConfig)))
     print(f"report: {report}")
     return 0
 

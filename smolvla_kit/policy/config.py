@@ -77,8 +77,8 @@ NANO_VLM_CONFIG: dict[str, Any] = {
     },
     "text_config": {
         "model_type": "llama",
-        # 256 wide rather than 128: on the same data and budget the wider model learned to tie the colour word to
-        # the right cube where the narrow one (958,560 parameters) did not (benchmarks/results/learning_curve*.json).
+        # 256 wide rather than 128: on the same data and budget the wider model learns to tie the colour word to
+        # the right cube, which a 128-wide one (958,560 parameters) did not (benchmarks/README.md).
         "hidden_size": 256,
         "intermediate_size": 1024,
         "num_hidden_layers": 4,
@@ -128,8 +128,8 @@ class SmolVLAConfig:
     num_steps: int = 10  # Euler steps from noise (t=1) to actions (t=0)
     use_cache: bool = True  # run the prefix once per chunk and keep its keys/values
     # Chunks sampled per observation and averaged (the kit's addition; SmolVLA draws one). The prefix runs once
-    # and the expert integrates all draws in one batch. Averaging steadies a small policy's grasps (README,
-    # benchmarks/results/learning_curve.json); where the demonstrations hold two ways to do a task it would blend them.
+    # and the expert integrates all draws in one batch. Averaging steadies a small policy's grasps
+    # (benchmarks/README.md); where the demonstrations hold two ways to do a task it would blend them.
     samples_per_chunk: int = 1
 
     # --- Fixed widths (state and action are zero-padded to these) -------------------------------

@@ -138,10 +138,10 @@ class SmolVLAPolicy(nn.Module):
         """Run the VLM and the action expert (all but a few small projections) in `dtype`: float32 or bfloat16.
 
         For inference: bfloat16 makes a `base` chunk 1.6-1.7x faster on CPUs with bfloat16 instructions;
-        `nano` is too small to gain. On the kit's trained nano it moved arm actions by 0.05 deg on average
-        (10 scenes), but where the policy is on the edge of a decision it can shift it: in one scene the
-        gripper closed a step apart (23 of 100 at that step). The projections into and out of the expert,
-        the normaliser, the attention softmax and the Euler integration stay float32. Train in float32.
+        `nano` is too small to gain. It moves actions by a fraction of a degree, which can tip a policy that is
+        on the edge of a decision (close the gripper a step earlier or later). The projections into and out of
+        the expert, the normaliser, the attention softmax and the Euler integration stay float32. Train in
+        float32 (or with TrainConfig.mixed_precision, which keeps the weights float32).
         """
         allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         name = str(dtype).removeprefix("torch.")
