@@ -50,8 +50,8 @@ def describe_run(run: Path, planned: int) -> str:
         return f"starting a new run in {run} ({planned} steps)"
     done, total = progress
     if total != planned:
-        return (f"{run} holds a run planned for {total} steps, not {planned}: training refuses to mix the two. "
-                f"Delete {run} to start over.")
+        return (f"{run} holds a run planned for {total} steps, not {planned}: continuing it changes its learning-rate "
+                f"schedule from step {done} on. Delete {run} to start over instead.")
     if done >= total:
         return f"{run} already holds the finished run ({done} steps): nothing to train. Delete it to train again."
     return (f"{run} holds an unfinished run, stopped at step {done} of {total} (an earlier session was interrupted): "
