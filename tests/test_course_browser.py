@@ -107,7 +107,12 @@ def _run_all(driver, url: str, notebook: str, timeout_s: float) -> None:
     driver.get(f"{url}/lab/tree/{notebook}?token={TOKEN}")
     WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{PANEL} .jp-CodeCell"))
     WebDriverWait(driver, 120).until(lambda d: _kernel_status(d) == "idle")
-    driver.find_element(By.CSS_SELECTOR, f"{PANEL} .jp-Cell").click()  # this notebook is the one the menu acts on
+    # Make this notebook's tab the current one, so that the menu acts on it.
+    tab = WebDriverWait(driver, 60).until(
+        lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, ".lm-DockPanel-tabBar .lm-TabBar-tab")
+                   if notebook in (t.get_attribute("title") or t.text)])
+    tab[0].click()
+    WebDriverWait(driver, 30).until(lambda d: "lm-mod-current" in tab[0].get_attribute("class"))
     _click_menu(driver, "Run", "Run All Cells")
 
     def finished(d) -> bool:
