@@ -64,26 +64,6 @@ def test_kit_round_trip_is_bit_exact(tmp_path):
         n for n, p in loaded.named_parameters() if p.requires_grad}
 
 
-def test_a_float16_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
-    from safetensors.torch import load_file
-
-    torch.manual_seed(0)
-    policy = SmolVLAPolicy(SmolVLAConfig.preset("nano", camera_names=["front"]), stats=stats()).eval()
-    policy.save_pretrained(tmp_path / "full")
-    policy.save_pretrained(tmp_path / "half", weights_dtype="float16")
-    stored = load_file(str(tmp_path / "half" / "model.safetensors"))
-    assert all(v.dtype == (torch.float32 if k.startswith("normalizer.") else torch.float16)
-               for k, v in stored.items() if v.is_floating_point())
-    size = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("full", "half")}
-    assert size["half"] < 0.55 * size["full"]
-    loaded = SmolVLAPolicy.from_pretrained(tmp_path / "half")
-    assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    for name, value in policy.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=1e-3, atol=1e-4)
-    with pytest.raises(ValueError, match="weights_dtype must be"):
-        policy.save_pretrained(tmp_path / "bad", weights_dtype="int8")
-
-
 def test_base_preset_on_meta_has_smolvla_base_shape():
     with torch.device("meta"):
         policy = SmolVLAPolicy(SmolVLAConfig.preset("base"))

@@ -85,15 +85,10 @@ def resolve_folder(path_or_id: str | Path) -> Path:
 # =============================================================================================
 
 
-def save_policy(policy, directory: str | Path, weights_dtype: str = "float32") -> Path:
-    if weights_dtype not in ("float32", "float16"):
-        raise ValueError(f"weights_dtype must be 'float32' or 'float16', got {weights_dtype!r}.")
+def save_policy(policy, directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    if weights_dtype == "float16":  # the normaliser's statistics keep float32: they scale every action
-        state = {k: v.half() if v.is_floating_point() and not k.startswith("normalizer.") else v
-                 for k, v in state.items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "kit_format": str(KIT_FORMAT)})
     meta: dict[str, Any] = {"kit_format": KIT_FORMAT, "config": policy.config.to_dict()}
     tokenizer_file = policy.processor.tokenizer.save(out) if _tokenizer_is_local(policy) else None

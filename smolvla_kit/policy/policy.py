@@ -155,15 +155,11 @@ class SmolVLAPolicy(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, weights_dtype: str = "float32") -> Path:
-        """Write `config.json`, `model.safetensors` (weights + stats) and the tokenizer if it is a local one.
-
-        `weights_dtype="float16"` halves the file (the statistics stay float32); loading gives float32 weights
-        again, each within a part in 2,000 of the original.
-        """
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json`, `model.safetensors` (weights + stats) and the tokenizer if it is a local one."""
         from .checkpoint import save_policy
 
-        return save_policy(self, directory, weights_dtype)
+        return save_policy(self, directory)
 
     @classmethod
     def from_pretrained(
