@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -199,9 +201,18 @@ def _episodes(cfg: EvalConfig, checkpoint: Path, policy: Any, env: Any, jobs: li
             yield run_episode(policy, env, seed, color, video, denoising)
         return
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
-    # Fresh interpreters (spawn): no inherited OpenGL context or torch thread pool.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg, checkpoint, threads)) as pool:
-        yield from pool.imap(_play, jobs, chunksize=1)
+    # Fresh interpreters (spawn): no inherited OpenGL context or torch thread pool. A worker that dies raises
+    # BrokenProcessPool here rather than leaving the evaluation waiting.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(cfg, checkpoint, threads)) as pool:
+        yield from pool.map(_play, jobs)
+
+
+def _spawn_works() -> bool:
+    """Whether fresh worker processes can start: spawn re-imports the main script, which a script read from
+    standard input (`python - < script.py`) does not have as a file."""
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -227,7 +238,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if workers == 0:
         small = sum(p.numel() for p in policy.parameters()) < 50_000_000
         workers = min(os.cpu_count() or 1, len(jobs) // 4) if small else 1  # a process takes seconds to start
-    workers = max(1, min(workers, len(jobs)))
+    workers = max(1, min(workers, len(jobs))) if _spawn_works() else 1
 
     episodes: list[dict[str, Any]] = []
     denoising: dict[str, torch.Tensor] = {}

@@ -107,3 +107,18 @@ def test_parallel_evaluation_plays_the_same_episodes(tmp_path):
     assert (tmp_path / "2" / "rollout_00.mp4").stat().st_size > 0
     one, two = (load_file(str(tmp_path / w / "denoising.safetensors")) for w in ("1", "2"))
     assert torch.equal(one["episode_00/trajectory"], two["episode_00/trajectory"])
+
+
+def test_an_evaluation_run_from_standard_input_plays_in_one_process(tmp_path):
+    """A script piped into python has no file for worker processes to re-import: evaluate() plays its episodes
+    itself instead of starting workers that cannot start."""
+    import subprocess
+    import sys
+
+    script = (f"from smolvla_kit.evaluate import EvalConfig, evaluate\n"
+              f"s = evaluate(EvalConfig(checkpoint='kit:nano-pick-place', out={str(tmp_path)!r}, episodes=2, "
+              f"max_steps=5, videos=0, trajectories=0, workers=2, num_threads=1, progress=False))\n"
+              f"print('workers', s['workers'], 'episodes', s['episodes'])\n")
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "workers 1 episodes 4" in done.stdout
