@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 NANO_PICK_PLACE = Path(__file__).resolve().parent / "nano_pick_place"
-"""`nano` (its former 128-wide shape) trained for 20 minutes on 2 CPU cores on simulated pick-and-place (cameras
-`front` and `wrist`, 96 px): 55 % success on held-out scenes."""
+"""`nano` trained from scratch with the `shipped` recipe (1,000 simulated pick-and-place demonstrations, 10,000
+steps on 2 CPU cores; cameras `front` and `wrist`, 96 px): 98 % success on 50 held-out episodes with its default
+sampler (PROVENANCE.md)."""
 
 SHIPPED: dict[str, Path] = {"kit:nano-pick-place": NANO_PICK_PLACE}
 """Checkpoint names that `smolvla_kit.evaluate.resolve_checkpoint` accepts in place of a folder."""
