@@ -44,7 +44,11 @@ def main() -> None:
     previous = RESULTS_DIR / f"{name}.json"
     if previous.exists():  # keep the history of this file's runs
         old = json.loads(previous.read_text())
-        earlier = old.get("earlier_runs", []) + [old.get("results", old.get("runs"))]
+        earlier = old.get("earlier_runs", [])
+        if "results" in old:  # a run of this script
+            earlier.append({key: old[key] for key in ("date", "command", "machine", "results") if key in old})
+        else:  # the file's older layout: a list of runs
+            earlier.extend(old.get("runs", []))
     result = {
         "recipe": report["recipe"],
         "wall_minutes": wall_minutes,
