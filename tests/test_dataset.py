@@ -607,3 +607,47 @@ def test_reading_a_parquet_file_while_it_is_replaced_sees_one_version(tmp_path):
     finally:
         stop.set()
         writer.join()
+
+
+@pytest.mark.parametrize(
+    "key, template, message",
+    [
+        ("data_path", "/tmp/elsewhere/file-{file_index:03d}.parquet", "outside the dataset's folder"),
+        ("data_path", "../other/data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "outside"),
+        ("video_path", "videos/{video_key}/../../../x/file-{file_index:03d}.mp4", "outside"),
+        ("data_path", "data/chunk-{chunk_index:03d}/file-{episode_index:03d}.parquet", "cannot be filled in"),
+    ],
+)
+def test_paths_in_metadata_stay_inside_the_dataset(tmp_path, key, template, message):
+    root = tmp_path / "ds"
+    write_dataset(root, [(0, 8)])
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info[key] = template
+    info_path.write_text(json.dumps(info))
+    before = _dataset_files(root)
+    with pytest.raises(DatasetError, match=rf"meta/info.json: the '{key}' template .*{message}"):
+        LeRobotDatasetReader(root)
+    with pytest.raises(DatasetError, match=message):  # a writer reopening it refuses before touching a file
+        LeRobotDatasetWriter.open(root)
+    assert _dataset_files(root) == before
+
+
+def _dataset_files(root) -> dict:
+    """Every file of a dataset and its bytes, the writer's lock folder aside."""
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts}
+
+
+def test_writer_appends_only_where_info_points(tmp_path):
+    root = tmp_path / "ds"
+    write_dataset(root, [(0, 8)])
+    (root / "data/chunk-000").rename(root / "data/part-000")
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["data_path"] = "data/part-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    info_path.write_text(json.dumps(info))
+    assert LeRobotDatasetReader(root).episode(0).actions.shape[0] == 8  # a reader follows the layout
+    before = _dataset_files(root)
+    with pytest.raises(DatasetError, match=r"meta/info.json: 'data_path' is .*appends only to datasets laid out"):
+        LeRobotDatasetWriter.open(root)
+    assert _dataset_files(root) == before

@@ -178,12 +178,7 @@ class DatasetMeta:
         import pyarrow.parquet as pq
 
         files = self._episode_files_v3()
-        data_tpl = self.info.get("data_path")
-        video_tpl = self.info.get("video_path")
-        if not data_tpl:
-            raise DatasetError(f"{self.root / INFO_PATH}: 'data_path' template is missing.")
-        if self.video_keys and not video_tpl:
-            raise DatasetError(f"{self.root / INFO_PATH}: features include videos but 'video_path' is missing.")
+        self._check_templates()
         episodes: list[EpisodeInfo] = []
         for f in files:
             try:
@@ -203,16 +198,16 @@ class DatasetMeta:
             for row in table.to_pylist():
                 ep = int(row["episode_index"])
                 length = int(row["length"])
-                data_path = self.root / data_tpl.format(
-                    chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+                data_path = self._path_from_template(
+                    "data_path", chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
                 )
                 videos = {}
                 for k in self.video_keys:
                     from_s = float(row.get(f"videos/{k}/from_timestamp") or 0.0)
                     to_s = row.get(f"videos/{k}/to_timestamp")
                     videos[k] = VideoSpan(
-                        path=self.root
-                        / video_tpl.format(
+                        path=self._path_from_template(
+                            "video_path",
                             video_key=k,
                             chunk_index=int(row[f"videos/{k}/chunk_index"]),
                             file_index=int(row[f"videos/{k}/file_index"]),
@@ -251,10 +246,7 @@ class DatasetMeta:
         src = self.root / LEGACY_EPISODES_PATH
         rows = sorted(load_jsonl(src), key=lambda r: int(r["episode_index"]))
         chunks_size = int(self.info.get("chunks_size", 1000))
-        data_tpl = self.info.get("data_path")
-        video_tpl = self.info.get("video_path")
-        if not data_tpl:
-            raise DatasetError(f"{self.root / INFO_PATH}: 'data_path' template is missing.")
+        self._check_templates()
         episodes: list[EpisodeInfo] = []
         start = 0
         for r in rows:
@@ -262,7 +254,7 @@ class DatasetMeta:
             chunk = ep // chunks_size
             videos = {
                 k: VideoSpan(
-                    path=self.root / video_tpl.format(episode_chunk=chunk, video_key=k, episode_index=ep),
+                    path=self._path_from_template("video_path", episode_chunk=chunk, video_key=k, episode_index=ep),
                     from_s=0.0,
                     to_s=length / self.fps,
                 )
@@ -275,7 +267,7 @@ class DatasetMeta:
                     tasks=[str(t) for t in r.get("tasks", [])],
                     from_index=start,
                     to_index=start + length,
-                    data_path=self.root / data_tpl.format(episode_chunk=chunk, episode_index=ep),
+                    data_path=self._path_from_template("data_path", episode_chunk=chunk, episode_index=ep),
                     videos=videos,
                     source=LEGACY_EPISODES_PATH,
                 )
@@ -285,6 +277,37 @@ class DatasetMeta:
         return episodes
 
     # -- checks ------------------------------------------------------------------------------------------------
+
+    def _check_templates(self) -> None:
+        if not self.info.get("data_path"):
+            raise DatasetError(f"{self.root / INFO_PATH}: 'data_path' template is missing.")
+        if self.video_keys and not self.info.get("video_path"):
+            raise DatasetError(f"{self.root / INFO_PATH}: features include videos but 'video_path' is missing.")
+
+    def _path_from_template(self, key: str, **fields: Any) -> Path:
+        """`info.json`'s path template `key` filled in with `fields`: a file inside the dataset's folder, or an error.
+
+        A template is data from the dataset, not trusted: one that names an unknown field, or that leads outside
+        the folder (an absolute path, `..`), is refused, so neither reading nor a writer's clean-up can reach files
+        that are not the dataset's.
+        """
+        template = self.info.get(key)
+        where = self.root / INFO_PATH
+        try:
+            relative = str(template).format(**fields)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise DatasetError(
+                f"{where}: the {key!r} template {template!r} cannot be filled in ({type(exc).__name__}: {exc}); "
+                f"it may use only {{{'}, {'.join(fields)}}}. Fix info.json."
+            ) from exc
+        path = Path(relative)
+        if path.is_absolute() or path.drive or ".." in path.parts:
+            raise DatasetError(
+                f"{where}: the {key!r} template {template!r} gives {relative!r}, which is outside the dataset's "
+                f"folder. Paths in a dataset's metadata must be relative to it, without '..'; fix info.json."
+            )
+        return self.root / path
+
 
     def _check_episode_list(self, episodes: list[EpisodeInfo], where: str) -> None:
         seen: set[int] = set()

@@ -292,6 +292,13 @@ class LeRobotDatasetWriter:
                 f"with LeRobot (`python -m lerobot.scripts.convert_dataset_v21_to_v30`) or record into a new folder."
             )
         self.info = meta.info
+        for key, ours in (("data_path", DATA_PATH), ("video_path", VIDEO_PATH)):
+            theirs = self.info.get(key)
+            if theirs not in (None, ours):  # the writer would put new files where info.json does not point
+                raise DatasetError(
+                    f"{info_file}: {key!r} is {theirs!r}; the kit appends only to datasets laid out as {ours!r} "
+                    f"(LeRobot v3.0's layout). Record into a new folder."
+                )
         if fps is not None and int(fps) != meta.fps:
             raise DatasetError(
                 f"{info_file}: the dataset was recorded at {meta.fps} fps, not {fps}. Use fps={meta.fps}."
