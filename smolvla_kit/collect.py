@@ -65,6 +65,25 @@ class CollectConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def check(self) -> None:
+        """Refuse settings no recording can use, before anything is written."""
+        from smolvla_kit.sim import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not a simulator task; choose one of {sorted(TASKS)}.")
+        if self.episodes < 1:
+            raise ValueError(f"episodes (--episodes) must be at least 1, got {self.episodes}.")
+        if not 16 <= self.image_size <= 1024:
+            raise ValueError(f"image_size (--image-size) must be between 16 and 1024 pixels, got {self.image_size}.")
+        if self.num_cubes is not None and self.num_cubes < 1:
+            raise ValueError(f"num_cubes (--num-cubes) must be at least 1, got {self.num_cubes}.")
+        if not 0.0 <= self.noise_deg <= 45.0:  # also refuses NaN
+            raise ValueError(f"noise_deg (--noise-deg) must be between 0 and 45 degrees, got {self.noise_deg}.")
+        if self.workers < 0 or self.max_attempts < 1:
+            raise ValueError(
+                f"workers must be >= 0 and max_attempts >= 1, got {self.workers} and {self.max_attempts}."
+            )
+
 
 @dataclass
 class EpisodeRecording:
@@ -188,6 +207,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
 
     from smolvla_kit.data import LeRobotDatasetWriter, so101_features
 
+    cfg.check()
     features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
     writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
     start = writer.num_episodes

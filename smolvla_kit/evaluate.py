@@ -64,6 +64,20 @@ class EvalConfig:
     """Torch threads per process (0: cores - 1 in one process; cores / workers with several)."""
     progress: bool = True
 
+    def check(self) -> None:
+        """Refuse settings no evaluation can use, before the policy is loaded."""
+        at_least = {"episodes": (self.episodes, 1), "seed_start": (self.seed_start, 0), "videos": (self.videos, 0),
+                    "trajectories": (self.trajectories, 0), "workers": (self.workers, 0),
+                    "num_threads": (self.num_threads, 0), "num_cubes": (self.num_cubes, 1),
+                    "max_steps": (self.max_steps, 1), "n_action_steps": (self.n_action_steps, 1),
+                    "num_steps": (self.num_steps, 1), "samples_per_chunk": (self.samples_per_chunk, 1)}
+        for name, (value, lowest) in at_least.items():
+            if value is not None and value < lowest:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be at least {lowest}, got {value}.")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype (--dtype) must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+
 
 def resolve_checkpoint(path: Path | str) -> Path:
     """A checkpoint folder from a folder, a run's `checkpoints/last` pointer file or the name of a checkpoint the
@@ -223,6 +237,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from smolvla_kit.data import encode_frames
     from smolvla_kit.train import cpu_threads
 
+    cfg.check()
     torch.set_num_threads(cpu_threads(cfg.num_threads))
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     policy, env = _load(cfg, checkpoint)
