@@ -196,9 +196,9 @@ def _check_settings(root: Path, cfg: CollectConfig, committed: int) -> None:
                 "settings, or record into a new --out folder."
             )
         return
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    tmp.replace(path)
+    from smolvla_kit.data.layout import write_bytes_atomic
+
+    write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:

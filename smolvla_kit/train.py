@@ -256,6 +256,8 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
+    from smolvla_kit.data.layout import fsync_dir, fsync_file, write_bytes_atomic
+
     root = run / CHECKPOINTS
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
@@ -274,11 +276,14 @@ def save_checkpoint(
             {"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg)), "dataset": dataset}, indent=1
         )
     )
+    # Durable, not only atomic: after a power cut `last` names a checkpoint whose files are all on disk.
+    for written in tmp.iterdir():
+        fsync_file(written)
+    fsync_dir(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    pointer = root / f".{LAST}.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / LAST)
+    fsync_dir(root)
+    write_bytes_atomic(root / LAST, final.name.encode())
     return final
 
 

@@ -312,3 +312,29 @@ def test_not_a_checkpoint(tmp_path):
         SmolVLAPolicy.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither an existing folder nor a Hub id"):
         SmolVLAPolicy.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="maps file descriptors to paths through /proc")
+def test_training_checkpoints_are_on_disk_before_they_are_named(tmp_path, monkeypatch):
+    """A power cut must not leave `last` naming a checkpoint whose files were still in the page cache: every file
+    and the folder are fsynced before the folder is renamed into place, and the rename before `last` changes."""
+    from smolvla_kit.train import TrainConfig, latest_checkpoint, save_checkpoint
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                  real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", f"{src} -> {dst}")),
+                                                         real_replace(src, dst))[1])
+    policy = SmolVLAPolicy(SmolVLAConfig.preset("nano", camera_names=["front"]), stats=stats())
+    optimizer = torch.optim.AdamW(policy.parameters())
+    final = save_checkpoint(tmp_path, 7, policy, optimizer, TrainConfig(), {"fps": 30})
+    assert latest_checkpoint(tmp_path) == final
+
+    staged = str(final.parent / ".tmp_step_000007")
+    moved = events.index(("replace", f"{staged} -> {final}"))
+    synced_before = {path for kind, path in events[:moved] if kind == "fsync"}
+    assert {f"{staged}/{f.name}" for f in final.iterdir()} | {staged} <= synced_before
+    named = next(i for i, (kind, what) in enumerate(events) if kind == "replace" and what.endswith("/last"))
+    assert ("fsync", str(final.parent)) in events[moved:named] and named > moved
+    assert events[-1] == ("fsync", str(final.parent))  # the pointer's rename, made durable

@@ -184,9 +184,9 @@ def save_calibration(cal: Mapping[str, MotorCalibration], path: str | os.PathLik
     validate_calibration(cal, source=f"calibration for '{path}'")
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({m: asdict(c) for m, c in cal.items()}, indent=4) + "\n")
-    os.replace(tmp, path)
+    from smolvla_kit.data.layout import write_bytes_atomic
+
+    write_bytes_atomic(path, (json.dumps({m: asdict(c) for m, c in cal.items()}, indent=4) + "\n").encode())
     return path
 
 
