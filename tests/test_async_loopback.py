@@ -228,3 +228,67 @@ def test_server_death_makes_the_arm_hold_then_torque_off(server):
         assert not any(rig.arm.torque_enabled().values())  # leaving the `with` turned torque off
     finally:
         rig.close()
+
+
+@pytest.fixture(scope="module")
+def impatient_server(checkpoint):
+    """A server with short hello and idle limits, so lock-out attempts can be timed in a test."""
+    srv = start_server_process(str(checkpoint), num_threads=1, seed=0, echo_stderr=False,
+                               extra_args=["--hello-timeout-s", "1.5", "--idle-timeout-s", "2"])
+    yield srv
+    srv.stop()
+
+
+def _good_client(server):
+    img = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    robot = _Robot({"observation.state": np.zeros(6, np.float32), "observation.images.front": img,
+                    "observation.images.wrist": img})
+    return RobotClient(robot, RemotePolicy(server.host, server.port))
+
+
+def test_no_connection_can_lock_the_server_out(impatient_server):
+    server = impatient_server
+    # 40 connections that never speak, and one that trickles a hello a byte at a time: none takes the slot,
+    # and accept() is not held up by them - an honest client is served at once.
+    silent = [_raw(server) for _ in range(40)]
+    trickle = _raw(server)
+    frame = struct.pack(">4sI", MAGIC, 200)
+    trickle.sendall(frame[:1])
+    t0 = time.monotonic()
+    client = _good_client(server)
+    client.connect()
+    assert time.monotonic() - t0 < 1.0
+    client.close()
+    # the trickler is cut off by the hello deadline, not after its last byte
+    for byte in frame[1:]:
+        time.sleep(0.3)
+        try:
+            trickle.sendall(bytes([byte]))
+        except OSError:
+            break
+    reply = recv_message(trickle)
+    assert reply["type"] == "error" and reply["code"] == "no_hello" and "within 1.5 s" in reply["message"]
+    assert time.monotonic() - t0 < 4.0
+    for s in [trickle, *silent]:
+        s.close()
+
+    # A client that said hello and vanished without closing frees the slot after the idle limit.
+    ghost = _raw(server)
+    cameras = ["observation.images.front", "observation.images.wrist"]
+    send_message(ghost, message("hello", protocol=PROTOCOL_VERSION, client="ghost", mode="async", features={
+        "state_dim": 6, "image_keys": cameras, "image_shapes": {k: [IMAGE, IMAGE, 3] for k in cameras}}))
+    assert recv_message(ghost)["type"] == "ready"
+    with pytest.raises(PolicyServerError, match=r"\(busy\)"):
+        _good_client(server).connect()
+    reply = recv_message(ghost)  # after 2 s of silence
+    assert reply["type"] == "error" and reply["code"] == "idle"
+    ghost.close()
+    img = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    late = RobotClient(_Robot({"observation.state": np.zeros(6, np.float32), "observation.images.front": img,
+                               "observation.images.wrist": img}),
+                       RemotePolicy(server.host, server.port, ping_every_s=0.5))
+    late.connect()
+    # ... while the kit's own client, idle for longer than the limit, keeps its connection by pinging
+    time.sleep(4.0)
+    assert late.server_stats() is not None
+    late.close()

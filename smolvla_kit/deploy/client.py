@@ -51,6 +51,7 @@ from smolvla_kit.deploy.protocol import (
 log = logging.getLogger("smolvla_kit.deploy.client")
 
 STATE_KEY = "observation.state"
+PING_EVERY_S = 3.0  # an idle connection sends a ping this often, well inside the server's idle timeout
 IMAGE_PREFIX = "observation.images."
 
 
@@ -75,14 +76,17 @@ class RemotePolicy:
     """A connection to a policy server. Replies are read by a background thread and handed over by `poll()`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, connect_timeout_s: float = 10.0,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, ping_every_s: float = PING_EVERY_S) -> None:
         self.host, self.port = host, port
+        self.ping_every_s = ping_every_s
         self.connect_timeout_s = connect_timeout_s
         self.max_bytes = max_bytes
         self.sock: socket.socket | None = None
         self._replies: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
         self._closing = False
+        self._send_lock = threading.Lock()  # the episode loop and the pinger share the socket
+        self._last_send = time.monotonic()
 
     @property
     def where(self) -> str:
@@ -90,6 +94,7 @@ class RemotePolicy:
 
     def hello(self, hello_msg: dict[str, Any]) -> dict[str, Any]:
         """Connect and shake hands; return the server's `ready` (or raise PolicyServerError)."""
+        self._closing = False
         try:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         except OSError as e:
@@ -113,12 +118,25 @@ class RemotePolicy:
         self.sock.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, name="policy-replies", daemon=True)
         self._reader.start()
+        threading.Thread(target=self._ping_loop, name="policy-ping", daemon=True).start()
         return reply
 
+    def _ping_loop(self) -> None:
+        # The server drops a client that stays silent (it may have vanished without closing); between episodes,
+        # or while a person reads a prompt, this says the robot is still here.
+        while not self._closing and self.sock is not None:
+            time.sleep(min(0.25, self.ping_every_s / 4))
+            if time.monotonic() - self._last_send >= self.ping_every_s:
+                try:
+                    self.send(message("ping"))
+                except PolicyServerError:
+                    return  # the reader reports the lost connection
+
     def _read_loop(self) -> None:
+        sock = self.sock
         try:
             while True:
-                self._replies.put(recv_message(self.sock, self.max_bytes))
+                self._replies.put(recv_message(sock, self.max_bytes))
         except BaseException as e:  # noqa: BLE001 - every way of losing the server ends up as one error
             if not self._closing:
                 self._replies.put(e)
@@ -127,7 +145,12 @@ class RemotePolicy:
         if self.sock is None:
             raise PolicyServerError(f"not connected to the {self.where}")
         try:
-            send_message(self.sock, msg, self.max_bytes)
+            with self._send_lock:
+                sock = self.sock
+                if sock is None:
+                    raise OSError("the connection was closed")
+                send_message(sock, msg, self.max_bytes)
+                self._last_send = time.monotonic()
         except OSError as e:
             raise PolicyServerError(f"lost the {self.where} while sending: {e}") from None
 
@@ -146,17 +169,18 @@ class RemotePolicy:
 
     def close(self) -> None:
         self._closing = True
-        if self.sock is not None:
+        with self._send_lock:
+            sock, self.sock = self.sock, None
+        if sock is not None:
             try:
-                send_message(self.sock, message("bye"), self.max_bytes)
+                send_message(sock, message("bye"), self.max_bytes)
             except OSError:
                 pass
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self.sock.close()
-            self.sock = None
+            sock.close()
 
 
 class LocalPolicy:

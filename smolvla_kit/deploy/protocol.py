@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any, Mapping
 
 import msgpack
@@ -135,6 +136,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "must_go": (bool,),  # the client's queue is empty: never filter this one
     },
     "reset": {},  # a new episode: forget the last processed observation
+    "ping": {},  # keeps an idle connection open; not answered
     "stats": {},
     "bye": {},
     # server -> client
@@ -203,11 +205,16 @@ def send_message(sock: socket.socket, msg: Mapping[str, Any], max_bytes: int = D
     sock.sendall(encode_frame(msg, max_bytes))
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:  # the whole message, not each read, must arrive in time
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"message not complete in time ({got}/{n} bytes)")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
             where = f" in the middle of a message ({got}/{n} bytes)" if got else ""
@@ -229,10 +236,12 @@ def decode_header(header: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     return length
 
 
-def recv_message(sock: socket.socket, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
-    """Read one framed message (blocking, honouring the socket's timeout)."""
-    length = decode_header(_recv_exact(sock, HEADER.size), max_bytes)
-    return unpack(_recv_exact(sock, length), max_bytes)
+def recv_message(sock: socket.socket, max_bytes: int = DEFAULT_MAX_BYTES,
+                 deadline: float | None = None) -> dict[str, Any]:
+    """Read one framed message: blocking, honouring the socket's timeout, or whole by `deadline` (a
+    `time.monotonic()` value) when one is given, however slowly its bytes trickle in."""
+    length = decode_header(_recv_exact(sock, HEADER.size, deadline), max_bytes)
+    return unpack(_recv_exact(sock, length, deadline), max_bytes)
 
 
 __all__ = [

@@ -11,6 +11,10 @@ are checked against the policy; a mismatch is answered with an `error` naming wh
 closes. Then each `observation` gets `actions` (the whole chunk, timestamped), `filtered` (the similarity
 filter skipped it, with the reason) or `error`. A malformed or oversized frame gets an `error` and the connection
 is closed. A second client while one is connected is told the server is busy.
+
+Nothing a connection does can lock the server out: each connection is read on its own thread; its hello must
+arrive whole within 10 s (however slowly it trickles in), and only then does it take the one client slot; after
+it, a client silent for 15 s is taken for gone and its slot freed (the kit's client pings every 3 s when idle).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
 log = logging.getLogger("smolvla_kit.deploy.server")
 
 READY_LINE = "SMOLVLA-KIT POLICY SERVER LISTENING"
-HELLO_TIMEOUT_S = 10.0  # a connection that does not say hello within this is dropped
+HELLO_TIMEOUT_S = 10.0  # a connection whose whole hello has not arrived within this is dropped
+IDLE_TIMEOUT_S = 15.0  # a client silent this long after its hello is taken for gone (clients ping every few s)
 BUSY_WAIT_S = 1.0  # a new connection waits this long for the previous client to finish before "busy"
 
 
@@ -48,9 +53,12 @@ class PolicyServer:
     """A TCP server around a :class:`PolicyService`; `serve_forever()` blocks, `shutdown()` stops it."""
 
     def __init__(self, service: PolicyService, host: str = "127.0.0.1", port: int = 0,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, hello_timeout_s: float = HELLO_TIMEOUT_S,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.service = service
         self.max_bytes = max_bytes
+        self.hello_timeout_s = hello_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)  # lets serve_forever notice shutdown()
         self.host, self.port = self.sock.getsockname()[:2]
@@ -70,15 +78,13 @@ class PolicyServer:
                 except socket.timeout:
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # A client that just said goodbye may still be finishing on its thread: give it a moment.
-                if not self._busy.acquire(timeout=BUSY_WAIT_S):
-                    self._refuse(conn, "busy", "the policy server already has a robot client; it serves one at a time")
-                    continue
-                th = threading.Thread(target=self._serve_client, args=(conn, f"{addr[0]}:{addr[1]}"), daemon=True)
+                # Each connection is read on its own thread, so slow or silent ones never hold up accept().
+                th = threading.Thread(target=self._serve_connection, args=(conn, f"{addr[0]}:{addr[1]}"), daemon=True)
                 th.start()
                 if once:
                     th.join()
-                    break
+                    if self.clients_served:
+                        break
         finally:
             self.sock.close()
 
@@ -89,23 +95,33 @@ class PolicyServer:
             pass
         conn.close()
 
-    def _serve_client(self, conn: socket.socket, peer: str) -> None:
+    def _serve_connection(self, conn: socket.socket, peer: str) -> None:
+        """One connection: its whole hello within the deadline, then the client slot, then its messages."""
+        greeted = holds_slot = False
         try:
-            conn.settimeout(HELLO_TIMEOUT_S)
-            first = recv_message(conn, self.max_bytes)
+            first = recv_message(conn, self.max_bytes, deadline=time.monotonic() + self.hello_timeout_s)
             if first["type"] != "hello":
                 self._refuse(conn, "no_hello", f"the first message must be 'hello', got '{first['type']}'")
                 return
+            # The slot is taken only once a whole hello is in, so connections that never say it cannot hold it.
+            # A client that just said goodbye may still be finishing on its thread: give it a moment.
+            if not self._busy.acquire(timeout=BUSY_WAIT_S):
+                self._refuse(conn, "busy", "the policy server already has a robot client; it serves one at a time")
+                return
+            holds_slot = True
             reply = self.service.handle(first)
             send_message(conn, reply, self.max_bytes)
             if reply["type"] != "ready":
                 conn.close()
                 return
-            conn.settimeout(None)
+            greeted = True
+            conn.settimeout(self.idle_timeout_s)
             while not self._stop.is_set():
                 msg = recv_message(conn, self.max_bytes)
                 if msg["type"] == "bye":
                     break
+                if msg["type"] == "ping":
+                    continue
                 try:
                     reply = self.service.handle(msg)
                 except Exception as e:  # the policy failed on this input: tell the robot instead of vanishing
@@ -119,16 +135,21 @@ class PolicyServer:
         except (ConnectionClosed, ConnectionResetError, BrokenPipeError):
             log.info("client %s disconnected", peer)
         except socket.timeout:
-            self._refuse(conn, "no_hello", f"no hello within {HELLO_TIMEOUT_S:g} s")
+            if greeted:
+                log.warning("client %s silent for %g s; taken for gone, its slot is free", peer, self.idle_timeout_s)
+                self._refuse(conn, "idle", f"no message for {self.idle_timeout_s:g} s; connect again")
+            else:
+                self._refuse(conn, "no_hello", f"no complete hello within {self.hello_timeout_s:g} s")
         except OSError as e:
             log.warning("connection to client %s failed: %s", peer, e)
         finally:
             try:
                 conn.close()
             finally:
-                self.clients_served += 1
-                log.info("client %s done; server stats: %s", peer, self.service.stats.summary())
-                self._busy.release()
+                if holds_slot:
+                    self.clients_served += 1
+                    log.info("client %s done; server stats: %s", peer, self.service.stats.summary())
+                    self._busy.release()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=None, help="seed torch's noise for repeatable chunks")
     ap.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                     help="largest message accepted, MiB (default: 16)")
+    ap.add_argument("--hello-timeout-s", type=float, default=HELLO_TIMEOUT_S,
+                    help=f"a connection's whole hello must arrive within this (default: {HELLO_TIMEOUT_S:g})")
+    ap.add_argument("--idle-timeout-s", type=float, default=IDLE_TIMEOUT_S,
+                    help=f"a client silent this long is taken for gone and its slot freed (default: "
+                    f"{IDLE_TIMEOUT_S:g}; the kit's client pings every few seconds)")
     ap.add_argument("--once", action="store_true", help="exit after the first client leaves")
     ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
     return ap
@@ -262,7 +288,10 @@ def run_server(argv: Sequence[str] | None = None) -> int:
                                      dtype=args.dtype, samples_per_chunk=args.samples_per_chunk)
     service = PolicyService(policy, checkpoint=str(args.checkpoint), similarity_threshold=args.similarity_threshold,
                             added_latency_ms=args.added_latency_ms)
-    server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20))
+    if not (args.hello_timeout_s > 0 and args.idle_timeout_s > 0):
+        raise SystemExit("error: --hello-timeout-s and --idle-timeout-s must be positive")
+    server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20),
+                          hello_timeout_s=args.hello_timeout_s, idle_timeout_s=args.idle_timeout_s)
     print(f"{READY_LINE} {server.host} {server.port}", flush=True)
     log.info("serving %s on %s:%d", args.checkpoint, server.host, server.port)
     try:
