@@ -292,3 +292,17 @@ def test_no_connection_can_lock_the_server_out(impatient_server):
     time.sleep(4.0)
     assert late.server_stats() is not None
     late.close()
+
+
+def test_the_robot_client_connects_again_when_dropped_between_episodes(impatient_server):
+    img = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    robot = _Robot({"observation.state": np.zeros(6, np.float32), "observation.images.front": img,
+                    "observation.images.wrist": img})
+    link = RemotePolicy(impatient_server.host, impatient_server.port, ping_every_s=1e9)  # never pings
+    client = RobotClient(robot, link)
+    client.connect()
+    first = link.sock
+    time.sleep(3.0)  # past the server's 2 s idle limit: it drops this connection
+    stats = client.run_episode("put the red cube in the bin", max_steps=3)
+    assert stats.actions == 3 and stats.chunks >= 1 and link.sock is not first
+    client.close()

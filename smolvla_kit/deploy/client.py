@@ -95,6 +95,7 @@ class RemotePolicy:
     def hello(self, hello_msg: dict[str, Any]) -> dict[str, Any]:
         """Connect and shake hands; return the server's `ready` (or raise PolicyServerError)."""
         self._closing = False
+        self._replies = queue.Queue()  # nothing from an earlier connection
         try:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         except OSError as e:
@@ -133,13 +134,13 @@ class RemotePolicy:
                     return  # the reader reports the lost connection
 
     def _read_loop(self) -> None:
-        sock = self.sock
+        sock, replies = self.sock, self._replies  # this connection's: a later one has its own
         try:
             while True:
-                self._replies.put(recv_message(sock, self.max_bytes))
+                replies.put(recv_message(sock, self.max_bytes))
         except BaseException as e:  # noqa: BLE001 - every way of losing the server ends up as one error
             if not self._closing:
-                self._replies.put(e)
+                replies.put(e)
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.sock is None:
@@ -403,6 +404,20 @@ class RobotClient:
         except Exception as e:  # the caller is already handling a failure (torque may be off already)
             log.info("could not hold position (torque-off follows): %s", e)
 
+    def _reconnect_if_dropped(self) -> None:
+        """Between episodes: forget stale replies, and connect again if the server closed this connection (it was
+        restarted, or a long silence made it take this client for gone). The arm is standing still meanwhile."""
+        try:
+            while (reply := self.link.poll()) is not None:
+                if reply["type"] == "error":
+                    raise PolicyServerError(f"the server said {reply['code']}: {reply['message']}")
+        except PolicyServerError as e:
+            if not isinstance(self.link, RemotePolicy):
+                raise
+            log.warning("lost the policy between episodes (%s); connecting again", e)
+            self.link.close()
+            self.connect()
+
     def run_episode(self, task: str, max_seconds: float | None = None, max_steps: int | None = None,
                     is_done: Callable[[], bool] | None = None) -> EpisodeStats:
         """Run until `is_done()`, `max_seconds` of wall time or `max_steps` actions; returns the statistics."""
@@ -416,6 +431,7 @@ class RobotClient:
         stats = EpisodeStats(task=task)
         self.queue.reset()
         self.episode += 1
+        self._reconnect_if_dropped()
         self.link.send(message("reset"))
         in_flight: float | None = None  # send time of the outstanding request
         start = self.clock()
