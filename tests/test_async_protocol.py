@@ -191,3 +191,20 @@ def test_receiver_threads_see_whole_messages_when_sent_in_pieces():
     a.close()
     b.close()
     assert out["msg"]["timestep"] == 42
+
+
+def test_a_message_cannot_decode_into_millions_of_objects():
+    # 4 MiB of empty maps, nested one list deep: within every per-container limit, refused by the total budget
+    body = msgpack.packb({"type": "stats", "x": [[{}] * 4000] * 1000})
+    assert len(body) < 5 * 2**20
+    with pytest.raises(ProtocolError, match="more than 16384 maps, lists and their items"):
+        unpack(body)
+    assert unpack(pack(_observation()))["type"] == "observation"  # a real message is far inside the budget
+
+
+def test_keys_that_are_not_text_are_refused_as_protocol_errors():
+    hello = {"type": "hello", "protocol": 1, "client": "c", "mode": "sync",
+             "features": {"state_dim": 6, "image_keys": [], "image_shapes": {b"cam": [8, 8, 3], "x": []}}}
+    for msg in ({"type": "stats", b"type": "bye"}, hello):
+        with pytest.raises(ProtocolError, match="key that is not text"):
+            unpack(msgpack.packb(msg, use_bin_type=True))

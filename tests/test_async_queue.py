@@ -327,6 +327,8 @@ def test_handshake_refuses_wrong_version_cameras_and_state_size():
     assert r["code"] == "bad_observation"
     bad_img = {**_obs(np.zeros(6)), "images": {FRONT: np.zeros((9, 8, 3), np.uint8)}}
     assert service.handle(bad_img)["code"] == "bad_observation"
+    r = service.handle({**_obs(np.zeros(6)), "task": "put the red cube in the bin " * 40_000})  # never tokenized
+    assert r["code"] == "bad_observation" and "at most 1000 are accepted" in r["message"]
 
 
 def test_client_reports_a_refused_handshake(tcp_server):

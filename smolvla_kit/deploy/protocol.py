@@ -28,6 +28,7 @@ import msgpack
 import numpy as np
 
 PROTOCOL_VERSION = 1
+MAX_DECODED_ITEMS = 1 << 14  # maps, lists and their entries in one message (a real one holds under a hundred)
 MAGIC = b"SVK1"
 HEADER = struct.Struct(">4sI")  # magic, body length
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024  # two 512x512 RGB frames are 1.5 MiB: plenty of room, no memory bomb
@@ -97,17 +98,28 @@ def pack(message: Mapping[str, Any]) -> bytes:
 
 def unpack(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """msgpack body -> message, with arrays rebuilt and the schema checked."""
+    # msgpack's own limits cap each container; the budget caps them all together, so a few MiB of tiny maps
+    # cannot become millions of Python objects.
+    left = [MAX_DECODED_ITEMS]
+
+    def spend(container: Any) -> Any:
+        left[0] -= 1 + len(container)
+        if left[0] < 0:
+            raise ProtocolError(f"message holds more than {MAX_DECODED_ITEMS} maps, lists and their items; refused")
+        return container
+
     try:
         msg = msgpack.unpackb(
             body,
             raw=False,
-            object_hook=_decode_ndarray,
+            object_hook=lambda m: _decode_ndarray(spend(m)),
+            list_hook=spend,
             strict_map_key=True,  # map keys must be str or bytes
             max_ext_len=0,  # no extension types: nothing but plain data
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
-            max_array_len=1 << 16,
-            max_map_len=1 << 12,
+            max_array_len=1 << 12,
+            max_map_len=1 << 10,
         )
     except ProtocolError:
         raise
@@ -157,10 +169,23 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
+def _check_keys_are_text(value: Any, where: str) -> None:
+    """Every map key, at any depth, must be text (msgpack also allows bytes keys; the kit never sends them)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"{where} has a key that is not text: {key!r}")
+            _check_keys_are_text(item, f"field '{key}'")
+    elif isinstance(value, list):
+        for item in value:
+            _check_keys_are_text(item, where)
+
+
 def validate(msg: Any) -> None:
     """Raise ProtocolError unless `msg` is a known message with exactly its fields, of the right types."""
     if not isinstance(msg, dict):
         raise ProtocolError(f"message must be a map, got {type(msg).__name__}")
+    _check_keys_are_text(msg, "the message")
     kind = msg.get("type")
     if kind not in SCHEMAS:
         raise ProtocolError(f"unknown message type {kind!r}; known: {sorted(SCHEMAS)}")

@@ -142,6 +142,9 @@ class PolicyServer:
                 self._refuse(conn, "no_hello", f"no complete hello within {self.hello_timeout_s:g} s")
         except OSError as e:
             log.warning("connection to client %s failed: %s", peer, e)
+        except Exception as e:  # a bug: answer and close this connection, and keep serving others
+            log.exception("handling client %s failed", peer)
+            self._refuse(conn, "internal", f"the policy server failed: {e!r}")
         finally:
             try:
                 conn.close()

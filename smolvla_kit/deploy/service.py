@@ -51,6 +51,9 @@ class ServiceStats:
         }
 
 
+MAX_TASK_CHARS = 1000  # instructions are a sentence; the policy reads its first 48 tokens
+
+
 class FeatureMismatch(ValueError):
     """The robot's observation does not fit the policy (cameras, state size)."""
 
@@ -197,6 +200,10 @@ class PolicyService:
                 )
         if not msg["task"].strip():
             raise FeatureMismatch("the task instruction is empty")
+        if len(msg["task"]) > MAX_TASK_CHARS:  # refused before the tokenizer sees it (it would read it all)
+            raise FeatureMismatch(
+                f"the task instruction is {len(msg['task'])} characters long; at most {MAX_TASK_CHARS} are accepted"
+            )
         return state.astype(np.float32), images
 
     def observation(self, msg: dict[str, Any]) -> dict[str, Any]:
