@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -34,6 +35,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -130,6 +133,9 @@ class TrainConfig:
     """Train on these episodes only (default: all)."""
     policy_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra SmolVLAConfig fields for a fresh preset (e.g. {"samples_per_chunk": 8}); carried in its checkpoints."""
+    resume: bool = False
+    """Continue the run in `out` even where these settings differ from the ones it was saved with (each difference
+    is printed). Without it, re-running into a run resumes it only with its own settings, and says what differs."""
     progress: bool = True
 
     def resolved(self, device: torch.device | None = None) -> "TrainConfig":
@@ -402,6 +408,37 @@ def _training_batch(
     return _collate([data[int(i)] for i in picks])
 
 
+# What a run is: changing one of these and re-running into the same folder would make a different run. The
+# others (budgets, logging, threads, device) may change between sessions of one run; the policy's shape
+# (chunk_size, policy_overrides) and ema_decay cannot change at all and are checked on their own.
+RUN_SETTINGS = (
+    "dataset", "preset", "init_from", "steps", "batch_size", "lr", "warmup_steps", "min_lr_ratio",
+    "adam_betas", "adam_eps", "weight_decay", "grad_clip", "start_share", "start_frames", "camera_warmup_steps",
+    "camera_warmup_frames", "noise_samples", "played_weight", "seed", "camera_map", "episodes", "mixed_precision",
+)
+
+
+def _resume_differences(saved: dict[str, Any], cfg: TrainConfig, saved_stats: dict, data_stats: dict) -> list[str]:
+    """What this run's settings and dataset statistics change about the run saved with `saved`, one line each."""
+    now = _jsonable(asdict(cfg))
+    differ = []
+    for name in RUN_SETTINGS:
+        old, new = saved.get(name), now.get(name)
+        if name == "dataset":
+            same = old is not None and Path(old).resolve() == Path(new).resolve()
+        else:
+            same = json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+        if not same:
+            differ.append(f"{name}: saved {old!r}, now {new!r}")
+    for key, stats in data_stats.items():
+        for stat, value in stats.items():
+            kept = saved_stats.get(key, {}).get(stat)
+            if kept is not None and not np.allclose(np.asarray(kept, np.float32), value, rtol=1e-5, atol=1e-6):
+                differ.append(f"the dataset's {key} {stat} changed since the run started (episodes added?)")
+                break
+    return differ
+
+
 def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final checkpoint path.
 
@@ -443,6 +480,19 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
     if resume_from is None:
         policy.normalizer.set_stats(dataset_stats(reader))
+    else:
+        saved_cfg = json.loads((resume_from / "training_state.json").read_text())["train_config"]
+        saved_stats = {k: {s: v.numpy() for s, v in d.items()} for k, d in policy.normalizer.stats_dict().items()}
+        differ = _resume_differences(saved_cfg, cfg, saved_stats, dataset_stats(reader))
+        if differ and not cfg.resume:
+            raise ValueError(
+                f"{run} holds a run (at {resume_from.name}) that these settings would change:\n  - "
+                + "\n  - ".join(differ)
+                + f"\nRe-run with its own settings to resume it, train into a new --out folder, or pass --resume to "
+                f"continue it with these settings."
+            )
+        for line in differ:
+            log.warning("continuing %s with a change: %s", run, line)
     policy.to(device)
     policy.train()
 

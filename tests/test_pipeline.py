@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,15 +147,36 @@ def test_weight_average_is_saved_as_the_policy_and_the_raw_weights_kept_for_resu
     raw = load_file(str(restarted / "training_state.safetensors"))
     assert all(torch.equal(saved[k[len("raw."):]], v) for k, v in raw.items() if k.startswith("raw."))
     with pytest.raises(ValueError, match=r"saved with ema_decay 0\.5; this run asks for 0\.999.*same ema_decay"):
-        train(_train_cfg(dataset, tmp_path / "run", steps=4))
+        train(_train_cfg(dataset, tmp_path / "run", steps=4, resume=True))
     plain = tmp_path / "plain"
     train(_train_cfg(dataset, plain, steps=3, ema_decay=0.0))
     with pytest.raises(ValueError, match=r"saved with ema_decay 0\.0; this run asks for 0\.5"):
-        train(_train_cfg(dataset, plain, steps=4, ema_decay=0.5))
+        train(_train_cfg(dataset, plain, steps=4, ema_decay=0.5, resume=True))
     with pytest.raises(ValueError, match=r"ema_decay must be in"):
         train(_train_cfg(dataset, tmp_path / "bad", ema_decay=1.0))
     with pytest.raises(ValueError, match=r"played_weight must be positive, got 0"):
         train(_train_cfg(dataset, tmp_path / "bad", played_weight=0.0))
+
+
+def test_a_run_resumes_only_with_its_own_settings_unless_asked(tmp_path, dataset):
+    run = tmp_path / "run"
+    train(_train_cfg(dataset, run, stop_at=3))
+    other = tmp_path / "other_data"
+    shutil.copytree(dataset, other)
+    stats_file = other / "meta" / "stats.json"
+    stats = json.loads(stats_file.read_text())
+    stats["action"]["mean"] = [m + 1.0 for m in stats["action"]["mean"]]
+    stats_file.write_text(json.dumps(stats))
+    with pytest.raises(ValueError) as refused:
+        train(_train_cfg(dataset=other, out=run, lr=0.5))
+    text = str(refused.value)
+    assert f"{run} holds a run (at step_000003) that these settings would change" in text
+    assert f"dataset: saved '{dataset}', now '{other}'" in text and "lr: saved 0.001, now 0.5" in text
+    assert "the dataset's action mean changed" in text and "--resume" in text
+    assert latest_checkpoint(run).name == "step_000003"  # nothing was trained
+    assert train(_train_cfg(dataset, run))["resumed_from"] == 3  # its own settings: resumes
+    summary = train(_train_cfg(dataset, run, steps=8, resume=True))  # asked for: continues with the change
+    assert summary["resumed_from"] == 6 and summary["steps"] == 8
 
 
 def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_the_policy_settings(tmp_path, dataset):
@@ -163,13 +185,13 @@ def test_chunk_size_shapes_a_fresh_policy_and_a_resume_must_keep_the_policy_sett
     run = tmp_path / "run"
     first = SmolVLAPolicy.from_pretrained(train(_train_cfg(dataset, run, steps=3, chunk_size=20))["checkpoint"])
     assert first.config.chunk_size == 20 and first.config.n_action_steps == 10
-    assert train(_train_cfg(dataset, run, steps=4))["resumed_from"] == 3  # unset: the checkpoint's chunk
+    assert train(_train_cfg(dataset, run, steps=4, resume=True))["resumed_from"] == 3  # unset: the checkpoint's chunk
     asks = r"step_000004 was trained with {0}={1}; this run asks for {0}={2}"
     with pytest.raises(ValueError, match=asks.format("chunk_size", 20, 50)):
         train(_train_cfg(dataset, run, steps=5, chunk_size=50))
     with pytest.raises(ValueError, match=asks.format("n_action_steps", 10, 5)):
         train(_train_cfg(dataset, run, steps=5, policy_overrides={"n_action_steps": 5}))
-    assert train(_train_cfg(dataset, run, steps=5, chunk_size=20))["resumed_from"] == 4  # the same: fine
+    assert train(_train_cfg(dataset, run, steps=5, chunk_size=20, resume=True))["resumed_from"] == 4  # the same
 
 
 def test_mixed_precision_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, dataset):
@@ -209,7 +231,7 @@ def test_training_killed_loses_at_most_the_steps_since_the_last_checkpoint(tmp_p
     assert last is not None, "no checkpoint survived the kill"
     saved = int(last.name.split("_")[1])
     assert saved >= 4
-    summary = train(_train_cfg(dataset, run, steps=saved + 2))
+    summary = train(_train_cfg(dataset, run, steps=saved + 2, resume=True))
     assert summary["resumed_from"] == saved and summary["steps"] == saved + 2
 
 
