@@ -368,3 +368,39 @@ def test_camera_warmup_hides_the_state_on_episode_starts(tmp_path, dataset):
     assert train(cfg)["steps"] == 4
     with pytest.raises(ValueError, match="camera_warmup_frames"):
         train(_train_cfg(dataset, tmp_path / "bad", steps=2, camera_warmup_steps=1, camera_warmup_frames=0))
+
+
+def test_non_finite_data_and_unusable_stats_are_found_by_check_and_refused_by_train(tmp_path, dataset, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smolvla_kit.data.__main__ import main as data_cli
+
+    bad = tmp_path / "nan_data"
+    shutil.copytree(dataset, bad)
+    data_file = sorted((bad / "data").glob("*/*.parquet"))[-1]
+    table = pq.read_table(data_file)
+    actions = table.column("action").to_pylist()
+    actions[5][2] = float("nan")
+    table = table.set_column(table.schema.get_field_index("action"), "action",
+                             pa.array(actions, type=table.schema.field("action").type))
+    pq.write_table(table, data_file)
+    episode = int(table.column("episode_index")[5].as_py())
+    frame = 5 - table.column("episode_index").to_pylist().index(episode)
+    assert data_cli(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{data_file}: episode {episode} has a non-finite 'action' at frame {frame}" in err
+    with pytest.raises(DatasetError, match=rf"episode {episode} has a non-finite 'action' at frame {frame}"):
+        train(_train_cfg(bad, tmp_path / "run_nan"))
+    assert not (tmp_path / "run_nan" / "checkpoints").exists()
+
+    flat = tmp_path / "zero_std"
+    shutil.copytree(dataset, flat)
+    stats_file = flat / "meta" / "stats.json"
+    stats = json.loads(stats_file.read_text())
+    stats["observation.state"]["std"] = [0.0] * len(stats["observation.state"]["std"])
+    stats_file.write_text(json.dumps(stats))
+    assert data_cli(["check", str(flat)]) == 1
+    assert "the statistics of 'observation.state' are unusable (std" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match=r"stats.json: the statistics of 'observation.state' are unusable"):
+        train(_train_cfg(flat, tmp_path / "run_flat"))

@@ -53,6 +53,17 @@ REPAIR_HINT = "python -m smolvla_kit.data repair {root}"
 RECOMPUTE_HINT = "python -m smolvla_kit.data recompute-stats {root}"
 
 
+def require_finite(values: np.ndarray, name: str, episode: int, path: Path | str) -> None:
+    """Raise DatasetError naming the file, episode, column and frame if `values` (T, ...) hold a NaN or inf."""
+    if values.dtype.kind != "f" or np.isfinite(values).all():
+        return
+    frame = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
+    raise DatasetError(
+        f"{path}: episode {episode} has a non-finite '{name}' at frame {frame} ({values[frame].tolist()}). Nothing "
+        f"can be learnt from it: re-record that episode, or leave it out (train --episodes)."
+    )
+
+
 @dataclass
 class VideoSpan:
     """Where one episode's frames of one camera live: a file and a time span inside it (seconds)."""
@@ -399,7 +410,27 @@ class DatasetMeta:
                     f"{self.root / STATS_PATH}: no complete statistics for '{key}' (has: {sorted(stats)}). Rebuild "
                     f"them with `{RECOMPUTE_HINT.format(root=self.root)} --from-data`."
                 )
+        self.check_stat_values(keys)
         return stats
+
+    def check_stat_values(self, keys: list[str] | None = None) -> None:
+        """Refuse statistics a policy cannot normalise with: non-finite values, a negative std, or a std of 0 for
+        a feature whose min and max differ (dividing by it would blow the inputs up)."""
+        stats = self.stats
+        for key in sorted(stats) if keys is None else keys:
+            values = {name: np.asarray(v, np.float64) for name, v in stats.get(key, {}).items()}
+            problem = next((f"{name} is not finite: {v.tolist()}" for name, v in values.items()
+                            if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+            if problem is None and "std" in values:
+                std = values["std"]
+                varies = (values["max"] > values["min"]) if {"min", "max"} <= set(values) else np.ones_like(std, bool)
+                if (std < 0).any() or ((std == 0) & varies).any():
+                    problem = f"std {std.tolist()} is negative or 0 where the values vary"
+            if problem is not None:
+                raise DatasetError(
+                    f"{self.root / STATS_PATH}: the statistics of '{key}' are unusable ({problem}). Rebuild them "
+                    f"with `{RECOMPUTE_HINT.format(root=self.root)} --from-data`."
+                )
 
     def _load_episode_stats(self) -> dict[int, Stats]:
         if self._episode_stats is None:
@@ -711,9 +742,12 @@ class LeRobotDatasetReader:
     # -- checks and tools --------------------------------------------------------------------------------------
 
     def verify(self, decode: bool = False) -> None:
-        """Read every data file and open every video (decode=True: decode every frame too); raise on damage."""
+        """Read every data file and open every video (decode=True: decode every frame too); raise on damage, on a
+        non-finite number in the data and on unusable statistics."""
+        self.meta.check_stat_values()
         for ep in self.meta.episodes:
-            self._numeric_columns(ep)
+            for name, values in self._numeric_columns(ep).items():
+                require_finite(values, name, ep.index, ep.data_path)
             for key, span in ep.videos.items():
                 if decode:
                     self.episode_frames(ep.index, key)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .layout import ACTION_KEY, INFO_PATH, STATE_KEY, DatasetError
-from .reader import DatasetMeta, LeRobotDatasetReader
+from .reader import DatasetMeta, LeRobotDatasetReader, require_finite
 from .video import probe_video
 
 
@@ -153,6 +153,9 @@ class ChunkDataset(torch.utils.data.Dataset):
         self._tasks: list[np.ndarray] = []  # per episode (T,) int64
         for ep in self.episodes:
             e = reader.episode(ep, with_frames=False)  # raises IndexError for an unknown episode
+            where = meta.episode_info(ep).data_path
+            require_finite(e.states, STATE_KEY, ep, where)
+            require_finite(e.actions, ACTION_KEY, ep, where)
             self._states.append(e.states)
             self._actions.append(e.actions)
             self._tasks.append(e.task_index)
