@@ -62,6 +62,9 @@ class CollectConfig:
     """Worker processes; 0 = one per CPU core."""
     max_attempts: int = 20
     """Give up on an episode after this many failed expert attempts."""
+    append_to_foreign: bool = False
+    """Add simulated episodes to a dataset the kit's collect did not record (its episodes are kept); without it,
+    such a dataset is refused."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -178,27 +181,49 @@ def _episode_settings(cfg: CollectConfig) -> dict[str, Any]:
             "randomize": cfg.randomize, "seed": cfg.seed, "every_colour": _pairs(cfg)}
 
 
-def _check_settings(root: Path, cfg: CollectConfig, committed: int) -> None:
-    """Refuse to append to a dataset recorded with other settings. A new dataset, or one recorded before the kit
-    kept this file, gets the current settings written down."""
-    path = root / SETTINGS_FILE
-    settings = _episode_settings(cfg)
-    if committed and path.exists():
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
-        differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
-        if differ:
-            changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
-            raise ValueError(
-                f"{root} holds {committed} episodes recorded with {changes} ({path}). Resume with the same "
-                "settings, or record into a new --out folder."
-            )
+def _check_settings(root: Path, cfg: CollectConfig) -> None:
+    """Before anything is written: refuse to append to a dataset recorded with other settings, or to one the kit's
+    `collect` did not record unless `append_to_foreign` says so. Nothing in `root` changes here."""
+    import warnings
+
+    from smolvla_kit.data import DatasetMeta
+
+    if not (root / "meta" / "info.json").is_file():
         return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stale totals after a kill are the writer's to repair
+        committed = len(DatasetMeta(root).episodes)
+    path = root / SETTINGS_FILE
+    if not committed:
+        return
+    if not path.exists():
+        if cfg.append_to_foreign:
+            return
+        raise ValueError(
+            f"{root} holds {committed} episodes that the kit's collect did not record (no {SETTINGS_FILE}). Record "
+            f"into a new --out folder, or pass --append-to-foreign to add simulated episodes after them."
+        )
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
+    settings = _episode_settings(cfg)
+    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differ:
+        changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"{root} holds {committed} episodes recorded with {changes} ({path}). Resume with the same "
+            "settings, or record into a new --out folder."
+        )
+
+
+def _record_settings(root: Path, cfg: CollectConfig) -> None:
+    """Write down what decides episode k's content, once, so a later run can resume only with the same."""
     from smolvla_kit.data.layout import write_bytes_atomic
 
-    write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
+    path = root / SETTINGS_FILE
+    if not path.exists():
+        write_bytes_atomic(path, (json.dumps(_episode_settings(cfg), indent=2) + "\n").encode())
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:
@@ -208,6 +233,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     from smolvla_kit.data import LeRobotDatasetWriter, so101_features
 
     cfg.check()
+    _check_settings(Path(cfg.out), cfg)
     features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
     writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
     start = writer.num_episodes
@@ -216,7 +242,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     workers = cfg.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo) or 1))
     try:
-        _check_settings(Path(cfg.out), cfg, start)
+        _record_settings(Path(cfg.out), cfg)
         if todo:
             ctx = mp.get_context("spawn")  # fresh interpreters: no inherited OpenGL contexts or torch threads
             with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool, tqdm(

@@ -57,8 +57,12 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     assert "red" in first.task and "green" in second.task  # ... fetched once per colour
     assert not np.allclose(first.actions[:40], second.actions[:40], atol=1.0)
     # Resuming with other settings would mix two kinds of episode: refused, naming the setting and the file.
+    # It is refused before anything is written: the dataset's files stay as they were, byte for byte.
+    (root / "meta" / "stats.json").write_text((root / "meta" / "stats.json").read_text() + " ")  # a user's edit
+    files = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts}
     with pytest.raises(ValueError, match=r"every_colour=True \(now False\).*kit_collect\.json"):
         collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, every_colour=False, progress=False))
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts} == files
     assert LeRobotDatasetReader(root).num_episodes == 2
     (root / "meta" / "kit_collect.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"kit_collect\.json: unreadable"):
@@ -67,6 +71,13 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     # The reach task names no cube: the setting does not apply, and the dataset records that it did not.
     collect(CollectConfig(out=tmp_path / "reach", task="reach", episodes=1, image_size=32, workers=1, progress=False))
     assert json.loads((tmp_path / "reach" / "meta" / "kit_collect.json").read_text())["every_colour"] is False
+    # A dataset the kit's collect did not record is appended to only when asked.
+    (root / "meta" / "kit_collect.json").unlink()
+    with pytest.raises(ValueError, match=r"2 episodes that the kit's collect did not record.*--append-to-foreign"):
+        collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, progress=False))
+    assert LeRobotDatasetReader(root).num_episodes == 2
+    collect(CollectConfig(out=root, episodes=3, image_size=48, workers=1, progress=False, append_to_foreign=True))
+    assert LeRobotDatasetReader(root).num_episodes == 3 and (root / "meta" / "kit_collect.json").is_file()
 
 
 def test_collection_killed_keeps_finished_episodes_and_resumes(tmp_path, dataset):
