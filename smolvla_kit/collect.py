@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,9 +107,24 @@ _worker_env: Any = None
 _worker_cfg: CollectConfig | None = None
 
 
+def exit_with_parent() -> None:
+    """In a worker process: end it as soon as its parent is gone, even killed with SIGKILL (which runs no clean-up
+    in the parent), instead of living on as an orphan that holds CPUs and memory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # an orphan is adopted by another process
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(cfg: CollectConfig) -> None:
     global _worker_env, _worker_cfg
     from smolvla_kit.sim import Randomization, SO101Env
+
+    exit_with_parent()
 
     _worker_cfg = cfg
     _worker_env = SO101Env(

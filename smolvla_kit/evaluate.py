@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from smolvla_kit.collect import HELD_OUT_SEED_START
+from smolvla_kit.collect import HELD_OUT_SEED_START, exit_with_parent
 
 
 @dataclass
@@ -198,6 +198,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(cfg: EvalConfig, checkpoint: Path, threads: int) -> None:
+    exit_with_parent()
     torch.set_num_threads(threads)
     _worker["policy"], _worker["env"] = _load(cfg, checkpoint)
 

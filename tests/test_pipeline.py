@@ -80,6 +80,26 @@ def test_every_colour_records_each_scene_once_per_named_cube(tmp_path):
     assert LeRobotDatasetReader(root).num_episodes == 3 and (root / "meta" / "kit_collect.json").is_file()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
 def test_collection_killed_keeps_finished_episodes_and_resumes(tmp_path, dataset):
     root = tmp_path / "killed"
     script = textwrap.dedent(
@@ -99,9 +119,15 @@ def test_collection_killed_keeps_finished_episodes_and_resumes(tmp_path, dataset
             time.sleep(0.5)
         else:
             pytest.fail("the collector never committed two episodes")
+        workers = _children(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    # Its worker processes do not outlive it.
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert workers and not any(_alive(pid) for pid in workers)
     committed = LeRobotDatasetReader(root).num_episodes
     assert committed >= 2
     # Resume to a few more than were committed: numbering continues and every episode reads back whole.
@@ -415,3 +441,36 @@ def test_non_finite_data_and_unusable_stats_are_found_by_check_and_refused_by_tr
     assert "the statistics of 'observation.state' are unusable (std" in capsys.readouterr().err
     with pytest.raises(DatasetError, match=r"stats.json: the statistics of 'observation.state' are unusable"):
         train(_train_cfg(flat, tmp_path / "run_flat"))
+
+
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    """The guard collect's and eval's workers install: a child busy for a minute still ends within about a second
+    of its parent's SIGKILL (a worker blocked in rendering or in a long episode would otherwise live on)."""
+    script = textwrap.dedent(
+        """
+        import multiprocessing as mp, sys, time
+
+        def busy():
+            from smolvla_kit.collect import exit_with_parent
+            exit_with_parent()
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            child = mp.get_context("spawn").Process(target=busy)
+            child.start()
+            print(child.pid, flush=True)
+            time.sleep(60)
+        """
+    )
+    path = tmp_path / "parent.py"
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(3.0)  # the child has imported the kit and started its guard
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 3.0
+    while time.time() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child)
