@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -269,3 +270,23 @@ def test_interpreter_exit_turns_torque_off(arm):
     assert arm.register("shoulder_pan", "Goal_Position") != unit_to_raw(
         "shoulder_pan", 0.0, arm.ideal_calibration()["shoulder_pan"]
     )
+
+
+def test_emergency_torque_off_is_repeated_until_every_servo_confirms(robot, arm, caplog):
+    robot.send_action(robot.read_state())
+    assert all(arm.torque_enabled().values())
+    # The elbow misses the broadcast (its cable glitches) and is back 0.3 s later: it must still end up off.
+    arm.set_faults(dead_ids={3})
+    threading.Timer(0.3, lambda: arm.set_faults(dead_ids=frozenset())).start()
+    assert robot.bus.emergency_torque_off(confirm_s=3.0) is True
+    assert arm.torque_enabled() == ALL_OFF
+    # A servo that never comes back: bounded, reported, and the others are off.
+    robot.bus.enable_torque()
+    arm.set_faults(dead_ids={3})
+    t0 = time.monotonic()
+    assert robot.bus.emergency_torque_off(confirm_s=0.5) is False
+    assert time.monotonic() - t0 < 2.0
+    assert "torque-off not confirmed by elbow_flex" in caplog.text
+    assert {n: v for n, v in arm.torque_enabled().items() if n != "elbow_flex"} == {
+        n: False for n in JOINT_NAMES if n != "elbow_flex"}
+    arm.set_faults(dead_ids=frozenset())

@@ -23,10 +23,13 @@ and other public STS3215 drivers use).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Protocol constants
@@ -606,23 +609,51 @@ class FeetechBus:
             self.write("Torque_Enable", m, 1)
             self.write("Lock", m, 1)
 
-    def emergency_torque_off(self) -> None:
-        """Torque off on every motor with one SYNC_WRITE, sent twice; needs no reply, so it works on a bus that
-        is dropping or corrupting replies. Never raises (it is called while handling another error)."""
+    def emergency_torque_off(self, confirm_s: float = 0.5) -> bool:
+        """Torque off on every motor: one SYNC_WRITE sent twice, which needs no reply and so works on a bus that is
+        dropping or corrupting replies; then each motor's Torque_Enable is read back, and a motor that does not
+        confirm 0 (it missed the broadcast while the bus glitched) is sent the off again, until all confirm or
+        `confirm_s` has passed. Returns whether every motor confirmed. Never raises (it is called while handling
+        another error)."""
         with self._lock:
             if self._serial is None:
-                return
-            pkt = build_packet(
-                BROADCAST_ID,
-                INST_SYNC_WRITE,
-                bytes([register("Torque_Enable").address, 1]) + b"".join(bytes([i, 0]) for i in self.motors.values()),
-            )
-            for _ in range(2):
-                try:
-                    self._serial.write(pkt)
-                    self._serial.flush()
-                except Exception:
-                    pass
+                return False
+            self._broadcast_torque_off()
+            pending = list(self.motors)
+            deadline = time.monotonic() + confirm_s
+            while True:
+                pending = [m for m in pending if not self._confirms_torque_off(m)]
+                if not pending or time.monotonic() >= deadline:
+                    break
+                self._broadcast_torque_off()
+                time.sleep(0.02)
+            if pending:
+                log.error("torque-off not confirmed by %s on '%s' within %.1f s: switch the arm's power off",
+                          ", ".join(pending), self.port, confirm_s)
+            return not pending
+
+    def _broadcast_torque_off(self) -> None:
+        pkt = build_packet(
+            BROADCAST_ID,
+            INST_SYNC_WRITE,
+            bytes([register("Torque_Enable").address, 1]) + b"".join(bytes([i, 0]) for i in self.motors.values()),
+        )
+        for _ in range(2):
+            try:
+                self._serial.write(pkt)
+                self._serial.flush()
+            except Exception:  # noqa: BLE001 - best effort; the read-back below decides
+                pass
+
+    def _confirms_torque_off(self, motor: str) -> bool:
+        """Read Torque_Enable back; True only for a reply that says 0 (a servo alarm does not hide the value)."""
+        reg, mid = register("Torque_Enable"), self.motors[motor]
+        try:
+            self._send(build_packet(mid, INST_READ, [reg.address, reg.size]))
+            reply = self._receive([mid])[mid]
+            return len(reply.params) == reg.size and decode_value(reg, reply.params) == 0
+        except Exception:  # noqa: BLE001 - no answer, a garbled one: not confirmed
+            return False
 
 
 __all__ = [
