@@ -173,7 +173,7 @@ def test_server_refuses_malformed_oversized_and_foreign_input_and_keeps_serving(
     assert "missing fields" in _expect_error_then_close(s, "protocol")["message"]
 
     s = _raw(server)
-    send_message(s, message("hello", protocol=PROTOCOL_VERSION + 7, client="old", mode="async",
+    send_message(s, message("hello", protocol=PROTOCOL_VERSION + 7, client="old", mode="async", token="",
                             features={"state_dim": 6, "image_keys": [], "image_shapes": {}}))
     assert "protocol version mismatch" in _expect_error_then_close(s, "version")["message"]
 
@@ -275,7 +275,7 @@ def test_no_connection_can_lock_the_server_out(impatient_server):
     # A client that said hello and vanished without closing frees the slot after the idle limit.
     ghost = _raw(server)
     cameras = ["observation.images.front", "observation.images.wrist"]
-    send_message(ghost, message("hello", protocol=PROTOCOL_VERSION, client="ghost", mode="async", features={
+    send_message(ghost, message("hello", protocol=PROTOCOL_VERSION, client="ghost", mode="async", token="", features={
         "state_dim": 6, "image_keys": cameras, "image_shapes": {k: [IMAGE, IMAGE, 3] for k in cameras}}))
     assert recv_message(ghost)["type"] == "ready"
     with pytest.raises(PolicyServerError, match=r"\(busy\)"):

@@ -153,8 +153,8 @@ class TimelineRobot:
 def tcp_server():
     servers = []
 
-    def make(service):
-        server = PolicyServer(service, "127.0.0.1", 0)
+    def make(service, **options):
+        server = PolicyServer(service, "127.0.0.1", 0, **options)
         th = threading.Thread(target=server.serve_forever, daemon=True)
         th.start()
         servers.append((server, th))
@@ -239,7 +239,7 @@ def test_a_silent_server_stops_the_robot_with_a_clear_error():
 
 
 def _hello(service, shape=(8, 8, 3)):
-    reply = service.handle(message("hello", protocol=PROTOCOL_VERSION, client="test", mode="async",
+    reply = service.handle(message("hello", protocol=PROTOCOL_VERSION, client="test", mode="async", token="",
                                    features={"state_dim": 6, "image_keys": [FRONT], "image_shapes": {FRONT: list(shape)}}))
     assert reply["type"] == "ready", reply
     return reply
@@ -307,7 +307,7 @@ def test_handshake_refuses_wrong_version_cameras_and_state_size():
     def hello(**features):
         f = {"state_dim": 6, "image_keys": [FRONT], "image_shapes": {FRONT: [8, 8, 3]}}
         f.update(features)
-        return message("hello", protocol=PROTOCOL_VERSION, client="t", mode="sync", features=f)
+        return message("hello", protocol=PROTOCOL_VERSION, client="t", mode="sync", features=f, token="")
 
     r = service.handle({**hello(), "protocol": PROTOCOL_VERSION + 1})
     assert r["type"] == "error" and r["code"] == "version" and "same smolvla-kit version" in r["message"]
@@ -342,6 +342,18 @@ def test_client_reports_a_refused_handshake(tcp_server):
     client = RobotClient(WrongCameraRobot(), RemotePolicy(server.host, server.port), ClientConfig())
     with pytest.raises(PolicyServerError, match=r"refused this robot \(features\).*camera keys do not match"):
         client.connect()
+
+
+def test_a_server_with_a_token_serves_only_clients_that_know_it(tcp_server, monkeypatch):
+    server = tcp_server(PolicyService(TimelinePolicy(), checkpoint="ckpt"), token="s3cret")
+    for token in ("", "wrong"):
+        client = RobotClient(TimelineRobot(), RemotePolicy(server.host, server.port, token=token), ClientConfig())
+        with pytest.raises(PolicyServerError, match=r"refused this robot \(auth\).*SMOLVLA_KIT_TOKEN"):
+            client.connect()
+    monkeypatch.setenv("SMOLVLA_KIT_TOKEN", "s3cret")  # the client's default comes from the environment
+    client = RobotClient(TimelineRobot(), RemotePolicy(server.host, server.port), ClientConfig())
+    assert client.connect()["chunk_size"] > 0
+    client.close()
 
 
 def test_client_cannot_reach_a_server():

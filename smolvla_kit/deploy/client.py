@@ -41,6 +41,7 @@ from smolvla_kit.deploy.actions import ActionQueue, get_aggregator, should_send
 from smolvla_kit.deploy.protocol import (
     DEFAULT_MAX_BYTES,
     PROTOCOL_VERSION,
+    TOKEN_ENV,
     ConnectionClosed,
     ProtocolError,
     message,
@@ -76,8 +77,10 @@ class RemotePolicy:
     """A connection to a policy server. Replies are read by a background thread and handed over by `poll()`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, connect_timeout_s: float = 10.0,
-                 max_bytes: int = DEFAULT_MAX_BYTES, ping_every_s: float = PING_EVERY_S) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, ping_every_s: float = PING_EVERY_S,
+                 token: str | None = None) -> None:
         self.host, self.port = host, port
+        self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.ping_every_s = ping_every_s
         self.connect_timeout_s = connect_timeout_s
         self.max_bytes = max_bytes
@@ -336,7 +339,7 @@ class RobotClient:
             "image_shapes": {k: list(np.asarray(v).shape) for k, v in obs.items() if k.startswith(IMAGE_PREFIX)},
         }
         hello = message("hello", protocol=PROTOCOL_VERSION, client=f"robot-client pid {os.getpid()}",
-                        features=features, mode=self.config.mode)
+                        features=features, mode=self.config.mode, token=getattr(self.link, "token", ""))
         ready = self.link.hello(hello)
         self.policy_info = ready["policy"]
         log.info("connected to %s: chunk %d, %s mode", getattr(self.link, "where", "policy"),

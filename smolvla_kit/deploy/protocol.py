@@ -27,7 +27,8 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the hello carries a shared token
+TOKEN_ENV = "SMOLVLA_KIT_TOKEN"  # environment variable holding that token, on the server and the robot computer
 MAX_DECODED_ITEMS = 1 << 14  # maps, lists and their entries in one message (a real one holds under a hundred)
 MAGIC = b"SVK1"
 HEADER = struct.Struct(">4sI")  # magic, body length
@@ -137,7 +138,8 @@ _NUM = (int, float)
 # type -> {field: allowed python types}. Every field is required; no others are allowed.
 SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # client -> server
-    "hello": {"protocol": (int,), "client": (str,), "features": (dict,), "mode": (str,)},
+    "hello": {"protocol": (int,), "client": (str,), "features": (dict,), "mode": (str,),
+              "token": (str,)},  # the server's shared token ("" when it has none)
     "observation": {
         "episode": (int,),  # the client's episode counter: replies to an earlier episode are ignored
         "timestep": (int,),  # index of the action the robot is about to execute when this was observed

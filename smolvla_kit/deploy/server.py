@@ -15,11 +15,14 @@ is closed. A second client while one is connected is told the server is busy.
 Nothing a connection does can lock the server out: each connection is read on its own thread; its hello must
 arrive whole within 10 s (however slowly it trickles in), and only then does it take the one client slot; after
 it, a client silent for 15 s is taken for gone and its slot freed (the kit's client pings every 3 s when idle).
+With `SMOLVLA_KIT_TOKEN` set, a hello must carry the same token (the kit's client sends its own
+`SMOLVLA_KIT_TOKEN`); set it on both computers before listening beyond this one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
 import os
 import socket
@@ -33,6 +36,7 @@ from typing import Sequence
 
 from smolvla_kit.deploy.protocol import (
     DEFAULT_MAX_BYTES,
+    TOKEN_ENV,
     ConnectionClosed,
     ProtocolError,
     message,
@@ -54,8 +58,9 @@ class PolicyServer:
 
     def __init__(self, service: PolicyService, host: str = "127.0.0.1", port: int = 0,
                  max_bytes: int = DEFAULT_MAX_BYTES, hello_timeout_s: float = HELLO_TIMEOUT_S,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, token: str = "") -> None:
         self.service = service
+        self.token = token
         self.max_bytes = max_bytes
         self.hello_timeout_s = hello_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -102,6 +107,10 @@ class PolicyServer:
             first = recv_message(conn, self.max_bytes, deadline=time.monotonic() + self.hello_timeout_s)
             if first["type"] != "hello":
                 self._refuse(conn, "no_hello", f"the first message must be 'hello', got '{first['type']}'")
+                return
+            if self.token and not hmac.compare_digest(first["token"].encode(), self.token.encode()):
+                log.warning("client %s gave a wrong token; refused", peer)
+                self._refuse(conn, "auth", f"wrong or missing token: set {TOKEN_ENV} to the server's token")
                 return
             # The slot is taken only once a whole hello is in, so connections that never say it cannot hold it.
             # A client that just said goodbye may still be finishing on its thread: give it a moment.
@@ -285,8 +294,10 @@ def run_server(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(cpu_threads(args.num_threads))
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this address can drive the robot's policy", args.host)
+    token = os.environ.get(TOKEN_ENV, "")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("listening on %s without a token: anyone who can reach this address can drive the robot's "
+                    "policy. Set %s to a secret on both computers to require it.", args.host, TOKEN_ENV)
     policy = load_policy_for_serving(args.checkpoint, device=args.device, n_action_steps=args.n_action_steps,
                                      dtype=args.dtype, samples_per_chunk=args.samples_per_chunk)
     service = PolicyService(policy, checkpoint=str(args.checkpoint), similarity_threshold=args.similarity_threshold,
@@ -294,7 +305,7 @@ def run_server(argv: Sequence[str] | None = None) -> int:
     if not (args.hello_timeout_s > 0 and args.idle_timeout_s > 0):
         raise SystemExit("error: --hello-timeout-s and --idle-timeout-s must be positive")
     server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20),
-                          hello_timeout_s=args.hello_timeout_s, idle_timeout_s=args.idle_timeout_s)
+                          hello_timeout_s=args.hello_timeout_s, idle_timeout_s=args.idle_timeout_s, token=token)
     print(f"{READY_LINE} {server.host} {server.port}", flush=True)
     log.info("serving %s on %s:%d", args.checkpoint, server.host, server.port)
     try:
