@@ -149,3 +149,22 @@ def test_calibrate_command_line_with_enter_on_stdin(tmp_path, monkeypatch):
         assert proc.returncode == 0, err
         assert "Saved" in out
         assert load_calibration("tty") == arm.ideal_calibration()
+
+
+def test_the_virtual_arm_holds_the_calibration_it_writes_like_a_calibrated_arm():
+    """LeRobot's `connect(calibrate=False)` compares each servo's Homing_Offset and position limits with the
+    calibration file; the virtual arm keeps them in EEPROM, over a power cycle, as a calibrated real arm does."""
+    with VirtualSO101() as arm:
+        cal = arm.ideal_calibration()
+        with FeetechBus(arm.port) as bus:
+            assert [bus.read("Homing_Offset", m) for m in cal] != [c.homing_offset for c in cal.values()]
+            arm.store_calibration(cal)
+            arm.power_cycle()
+            for motor, c in cal.items():
+                assert bus.read("Homing_Offset", motor) == c.homing_offset
+                assert bus.read("Min_Position_Limit", motor) == c.range_min
+                assert bus.read("Max_Position_Limit", motor) == c.range_max
+            # and the reading is the calibrated one: the centre of each joint reads about mid-range
+            arm.move_by_hand({"shoulder_pan": 0.0})
+            time.sleep(0.1)
+            assert abs(bus.read("Present_Position", "shoulder_pan") - 2047) < 30

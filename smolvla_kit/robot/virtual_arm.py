@@ -564,6 +564,17 @@ class VirtualSO101:
                 s._set("Goal_Position", s._reported(s._actual_ticks()))
             return instruction
 
+    def store_calibration(self, cal: Mapping[str, MotorCalibration]) -> None:
+        """Hold `cal` in the servos' EEPROM (homing offset and position limits, kept over power cycles), as on a
+        calibrated real arm, so a driver that compares the servos with its calibration file finds them equal."""
+        with self._lock:
+            for name, c in cal.items():
+                s = self.servo(name)
+                s._set("Homing_Offset", c.homing_offset)
+                s._set("Min_Position_Limit", c.range_min)
+                s._set("Max_Position_Limit", c.range_max)
+                s.flash = bytes(s.mem[:_EEPROM_END])
+
     def ideal_calibration(self, limits: np.ndarray = JOINT_LIMITS) -> dict[str, MotorCalibration]:
         """The calibration a careful person would record: centred at 0 (gripper 50), swept over `limits`."""
         cal = {}
@@ -657,6 +668,7 @@ def run_virtual_arm(argv: Sequence[str] | None = None) -> int:
     if args.write_calibration:
         from smolvla_kit.robot.calibration import default_calibration_path
 
+        arm.store_calibration(arm.ideal_calibration())
         path = save_calibration(arm.ideal_calibration(), default_calibration_path(args.write_calibration))
         print(f"calibration for id '{args.write_calibration}' written to {path}", file=sys.stderr, flush=True)
     arm.start()
