@@ -40,3 +40,24 @@ def test_driver_moves_the_simulated_arm(tmp_path, monkeypatch):
         assert not backend.torque.any()
     finally:
         arm.close()
+
+
+def test_load_and_current_come_from_the_simulated_forces():
+    """Present_Load and Present_Current follow MuJoCo's actuator forces: a joint holding the arm against gravity
+    reports a load and draws current; a limp one reports neither."""
+    from smolvla_kit.robot.backends import MujocoBackend
+    from smolvla_kit.robot.feetech import FeetechBus
+    from smolvla_kit.robot.virtual_arm import VirtualSO101
+
+    backend = MujocoBackend.from_sim(task="reach", cameras=())
+    with VirtualSO101(backend=backend) as arm, FeetechBus(arm.port) as bus:
+        bus.write("Torque_Enable", "shoulder_lift", 1)
+        time.sleep(0.5)  # the joint settles, holding the upper arm's weight
+        load = bus.read("Present_Load", "shoulder_lift")
+        current = bus.read("Present_Current", "shoulder_lift")
+        force = float(backend.data.actuator_force[backend.act_id[1]])
+        assert abs(load) >= 10 and current >= 1  # at least 1 % of the stall torque, a few mA
+        assert abs(abs(load) / 1000 - abs(force) / 3.35) < 0.05  # the reported share is MuJoCo's force
+        bus.write("Torque_Enable", "shoulder_lift", 0)
+        time.sleep(0.1)
+        assert bus.read("Present_Load", "shoulder_lift") == 0 and bus.read("Present_Current", "shoulder_lift") == 0

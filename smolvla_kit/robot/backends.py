@@ -44,12 +44,18 @@ class ServoBackend(Protocol):
 
     def velocity(self) -> np.ndarray: ...
 
+    def load(self) -> np.ndarray:
+        """(6,) each motor's torque as a signed fraction of its maximum (what Present_Load reports)."""
+        ...
+
     def move_by_hand(self, joint: int, value: float) -> None: ...
 
     def advance(self, dt: float) -> None: ...
 
     def close(self) -> None: ...
 
+
+STALL_TORQUE_NM = 2.94  # STS3215 at 12 V
 
 # STS3215 at 12 V: about 0.222 s per 60 degrees unloaded -> 270 deg/s. The gripper's 0..100 spans 110 degrees
 # of jaw travel, so the same motor speed is 270 / 1.1 units/s.
@@ -92,6 +98,9 @@ class FirstOrderServoBackend:
 
     def velocity(self) -> np.ndarray:
         return self.v.copy()
+
+    def load(self) -> np.ndarray:
+        return np.zeros(NUM_JOINTS)  # this model has no forces; the MuJoCo backend reports them
 
     def move_by_hand(self, joint: int, value: float) -> None:
         lo, hi = self.limits[joint]
@@ -200,6 +209,13 @@ class MujocoBackend:
         lo, hi = GRIPPER_RANGE_RAD
         out[5] = qd[5] / (hi - lo) * 100.0  # rad/s -> gripper units/s
         return out
+
+    def load(self) -> np.ndarray:
+        # The actuator's force over its force range, which the model sets to the servo's stall torque.
+        aid = self.act_id
+        limit = np.where(self.model.actuator_forcelimited[aid].astype(bool),
+                         np.abs(self.model.actuator_forcerange[aid, 1]), STALL_TORQUE_NM)
+        return np.clip(self.data.actuator_force[aid] / limit, -1.0, 1.0)
 
     def move_by_hand(self, joint: int, value: float) -> None:
         q = np.zeros(NUM_JOINTS)

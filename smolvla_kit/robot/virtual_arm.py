@@ -145,6 +145,8 @@ _READ_ONLY_BYTES = frozenset(
     a for r in CONTROL_TABLE.values() if r.read_only for a in range(r.address, r.address + r.size)
 )
 _EEPROM_END = 40
+STALL_CURRENT_MA = 2700.0  # STS3215 at 12 V, about; Present_Current counts in steps of 6.5 mA
+CURRENT_STEP_MA = 6.5
 
 
 class EmulatedSTS3215:
@@ -226,6 +228,10 @@ class EmulatedSTS3215:
         speed_ticks = int(max(-32767, min(32767, round(speed_ticks))))
         self._set("Present_Velocity", speed_ticks)
         self._set("Moving", int(abs(speed_ticks) > 20))
+        # Load in 0.1 % of the maximum torque, signed like the position; current drawn in proportion to it.
+        load = float(self.backend.load()[self.joint]) * self.mount.direction
+        self._set("Present_Load", int(round(max(-1.0, min(1.0, load)) * 1000)))
+        self._set("Present_Current", int(round(abs(load) * STALL_CURRENT_MA / CURRENT_STEP_MA)))
         self._set("Present_Voltage", 120)
         self._set("Present_Temperature", 32)
         self._set("Status", self.alarm & 0x2F)
