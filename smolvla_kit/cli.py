@@ -236,8 +236,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from smolvla_kit.robot.feetech import FeetechError
     from smolvla_kit.robot.so101 import RobotError
 
-    return (FileNotFoundError, ValueError, DatasetError, PolicyServerError, ProtocolError, CalibrationError,
-            CameraError, FeetechError, RobotError)
+    return (FileNotFoundError, ValueError, FloatingPointError, DatasetError, PolicyServerError, ProtocolError,
+            CalibrationError, CameraError, FeetechError, RobotError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,6 +159,16 @@ class TrainConfig:
         """Refuse settings a run cannot train with (on a resolved config)."""
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}.")
+        if not (math.isfinite(self.lr) and self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0):
+            raise ValueError(
+                f"lr and grad_clip must be positive and finite, weight_decay >= 0; got {self.lr}, {self.grad_clip} and "
+                f"{self.weight_decay}."
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] and warmup_steps >= 0, got {self.min_lr_ratio} and "
+                             f"{self.warmup_steps}.")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}.")
         if not 0.0 <= self.start_share <= 1.0:
             raise ValueError(f"start_share must be between 0 and 1, got {self.start_share}.")
         if self.played_weight <= 0:

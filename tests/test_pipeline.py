@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -474,3 +475,16 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     while time.time() < deadline and _alive(child):
         time.sleep(0.1)
     assert not _alive(child)
+
+
+def test_a_diverging_run_stops_with_the_step_and_what_to_do(tmp_path, dataset, capsys):
+    from smolvla_kit.cli import main
+
+    args = ["train", "--dataset", str(dataset), "--out", str(tmp_path / "run"), "--steps", "6", "--batch-size", "4",
+            "--save-every", "1", "--num-threads", "1", "--no-progress"]
+    assert main([*args, "--lr", "inf"]) == 2
+    assert "lr and grad_clip must be positive and finite" in capsys.readouterr().err
+    assert main([*args, "--lr", "1e30", "--grad-clip", "1e30", "--warmup-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: The loss became (nan|inf) at step [1-5]\. The last checkpoint .* is intact; lower --lr", err)
+    assert "Traceback" not in err
