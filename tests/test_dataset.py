@@ -651,3 +651,20 @@ def test_writer_appends_only_where_info_points(tmp_path):
     with pytest.raises(DatasetError, match=r"meta/info.json: 'data_path' is .*appends only to datasets laid out"):
         LeRobotDatasetWriter.open(root)
     assert _dataset_files(root) == before
+
+
+def test_reopening_deletes_only_files_the_writer_was_placing(tmp_path):
+    root = tmp_path / "ds"
+    write_dataset(root, [(0, 8)])
+    stranger = root / "data/chunk-000/file-007.parquet"  # not the writer's: e.g. copied in by hand
+    stranger.write_bytes(b"someone else's file")
+    writer = LeRobotDatasetWriter.open(root)
+    assert stranger.read_bytes() == b"someone else's file"  # left alone ...
+    for _ in range(8):
+        writer.add_frame({"observation.state": np.zeros(6, np.float32), "action": np.zeros(6, np.float32),
+                          "task": "t", FRONT: np.zeros((H, W, 3), np.uint8), WRIST: np.zeros((H, W, 3), np.uint8)})
+    writer.save_episode()
+    writer.close()
+    reader = LeRobotDatasetReader(root)
+    assert reader.meta.episode_info(1).data_path.name == "file-008.parquet"  # ... and numbered after, not over
+    assert stranger.read_bytes() == b"someone else's file" and reader.episode(1).actions.shape == (8, 6)

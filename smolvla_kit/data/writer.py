@@ -59,6 +59,7 @@ from .layout import (
     rel,
     replace_durably,
     so101_features,
+    write_bytes_atomic,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -76,6 +77,7 @@ from .video import VideoSettings, VideoStreamWriter, check_encoder
 log = logging.getLogger(__name__)
 
 EPISODES_PER_META_FILE = 1000  # rows per meta/episodes file before starting the next one
+PLACING_FILE = "placing.json"  # in the staging folder: the files a save is moving into place
 _CHUNK_FILE_RE = re.compile(r"^chunk-(\d+)/file-(\d+)\.(parquet|mp4)$")
 
 
@@ -336,13 +338,14 @@ class LeRobotDatasetWriter:
         # Delete whatever no committed episode references: staged files, files renamed but never committed, temps.
         keep = {ep.data_path.resolve() for ep in committed}
         keep |= {span.path.resolve() for ep in committed for span in ep.videos.values()}
-        self._remove_uncommitted(keep)
+        left = self._remove_uncommitted(keep)
 
         # Continue after the highest (chunk, file) in use, per stream, like LeRobot does when it resumes.
         cs = int(self.info.get("chunks_size", DEFAULT_CHUNKS_SIZE))
-        self._next_data = self._after_used([ep.data_path for ep in committed], "data", cs)
+        self._next_data = self._after_used([ep.data_path for ep in committed] + left, "data", cs)
         self._next_video = {
-            k: self._after_used([ep.videos[k].path for ep in committed], f"videos/{k}", cs) for k in self.video_keys
+            k: self._after_used([ep.videos[k].path for ep in committed] + left, f"videos/{k}", cs)
+            for k in self.video_keys
         }
         meta_files = sorted((self.root / EPISODES_DIR).glob("*/*.parquet"))
         self._meta_rows = None
@@ -403,27 +406,34 @@ class LeRobotDatasetWriter:
         used = [cf for p in paths if (cf := self._chunk_file(self.root / sub, p)) is not None]
         return _next_chunk_file(*max(used), chunks_size) if used else (0, 0)
 
-    def _remove_uncommitted(self, keep: set[Path]) -> None:
+    def _remove_uncommitted(self, keep: set[Path]) -> list[Path]:
+        """Delete what an interrupted save of this writer left: staged files, and files it was moving into place
+        (listed in its placing manifest) that no episode references. Returns the unreferenced files it leaves."""
         staging = self.root / STAGING_DIR
+        placing = set()
+        try:
+            placing = {(self.root / p).resolve() for p in json.loads((staging / PLACING_FILE).read_text())}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("%s is unreadable (%s); no file is removed as uncommitted", staging / PLACING_FILE, exc)
+        left: list[Path] = []
         for p in staging.iterdir() if staging.is_dir() else []:
             if p.name != "writer.lock":
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 log.info("Removed staged file of an interrupted episode: %s", rel(self.root, p))
-        # An interrupted save leaves files *after* the last committed ones (it was writing the next file index);
-        # only those are removed. An unreferenced file before that is not ours to judge: it stays, with a warning.
+        # Only a file this writer was placing is removed; any other unreferenced file is not ours to judge: it stays,
+        # with a warning, and new files are numbered after it rather than over it.
         folders = [self.root / "data"] + [p for p in (self.root / "videos").glob("*") if p.is_dir()]
         for folder in folders:
-            files = sorted(folder.glob("*/*.mp4" if folder.parent.name == "videos" else "*/*.parquet"))
-            used = [self._chunk_file(folder, p) for p in files if p.resolve() in keep]
-            last_used = max((cf for cf in used if cf is not None), default=(-1, -1))
-            for p in files:
+            for p in sorted(folder.glob("*/*.mp4" if folder.parent.name == "videos" else "*/*.parquet")):
                 if p.resolve() in keep:
                     continue
-                cf = self._chunk_file(folder, p)
-                if cf is not None and cf > last_used:
+                if p.resolve() in placing:
                     p.unlink()
                     log.warning("Removed %s: written by an interrupted run, never committed.", rel(self.root, p))
                 else:
+                    left.append(p)
                     log.warning(
                         "%s is not used by any episode in %s; leaving it alone.", rel(self.root, p), EPISODES_DIR
                     )
@@ -434,6 +444,7 @@ class LeRobotDatasetWriter:
         ):
             p.unlink()
             log.info("Removed temporary file %s", rel(self.root, p))
+        return left
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -630,14 +641,17 @@ class LeRobotDatasetWriter:
                 self.tasks += new_tasks
                 self._write_tasks()
 
-            # 4. move the files into place
+            # 4. move the files into place, first noting where (a reopened writer removes only those)
             data_cf = self._next_data
             data_path = self.root / DATA_PATH.format(chunk_index=data_cf[0], file_index=data_cf[1])
-            replace_durably(staged_data, data_path)
             video_cf = dict(self._next_video)
-            for key in self.video_keys:
-                cf = video_cf[key]
-                dst = self.root / VIDEO_PATH.format(video_key=key, chunk_index=cf[0], file_index=cf[1])
+            video_paths = {key: self.root / VIDEO_PATH.format(video_key=key, chunk_index=video_cf[key][0],
+                                                             file_index=video_cf[key][1]) for key in self.video_keys}
+            placing = self.root / STAGING_DIR / PLACING_FILE
+            write_bytes_atomic(placing, json.dumps([rel(self.root, p) for p in (data_path, *video_paths.values())])
+                               .encode())
+            replace_durably(staged_data, data_path)
+            for key, dst in video_paths.items():
                 replace_durably(self._encoders[key].path, dst)
 
             # 5. commit: the episode's row in meta/episodes
@@ -659,6 +673,7 @@ class LeRobotDatasetWriter:
             row["meta/episodes/chunk_index"] = self._meta_file[0]
             row["meta/episodes/file_index"] = self._meta_file[1]
             self._commit_row(row)
+            placing.unlink()  # committed: these files are the episode's now
 
             # 6. bookkeeping, then info.json and stats.json
             self._lengths.append(n)
