@@ -18,7 +18,7 @@ A training run records the recipe's name and every resolved setting in its check
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smolvla_kit.collect import CollectConfig
@@ -66,13 +66,12 @@ PICK_PLACE = Recipe(
     evaluate={"episodes": 25},
 )
 
-SHIPPED = Recipe(
+SHIPPED = replace(
+    PICK_PLACE,  # the same demonstrations and evaluation; a step count instead of a clock
     name="shipped",
     about="How kit:nano-pick-place was trained: the demo's 1,000 demonstrations and 10,000 steps of the default "
           "13,500-step schedule, however long they take (22 minutes on 2 cores).",
-    collect={"episodes": 1000},
     train={"stop_at": 10_000},
-    evaluate={"episodes": 25},
 )
 
 COURSE = Recipe(

@@ -488,12 +488,13 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **overrides))
     pcfg = policy.config
     camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
+    data_stats = dataset_stats(reader)
+    saved_state = json.loads((resume_from / "training_state.json").read_text()) if resume_from else None
     if resume_from is None:
-        policy.normalizer.set_stats(dataset_stats(reader))
+        policy.normalizer.set_stats(data_stats)
     else:
-        saved_cfg = json.loads((resume_from / "training_state.json").read_text())["train_config"]
         saved_stats = {k: {s: v.numpy() for s, v in d.items()} for k, d in policy.normalizer.stats_dict().items()}
-        differ = _resume_differences(saved_cfg, cfg, saved_stats, dataset_stats(reader))
+        differ = _resume_differences(saved_state["train_config"], cfg, saved_stats, data_stats)
         if differ and not cfg.resume:
             raise ValueError(
                 f"{run} holds a run (at {resume_from.name}) that these settings would change:\n  - "
@@ -513,7 +514,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     warmup_pool = mean_state = None
     if cfg.camera_warmup_steps > 0:
         warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames)
-        mean_state = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"])  # (state_dim,)
+        mean_state = torch.as_tensor(data_stats["observation.state"]["mean"])  # (state_dim,)
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,
@@ -529,11 +530,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         from safetensors.torch import load_file
 
         tensors = load_file(str(resume_from / "training_state.safetensors"))
-        state = json.loads((resume_from / "training_state.json").read_text())
-        _load_optimizer(optimizer, tensors, state["optimizer"])
+        _load_optimizer(optimizer, tensors, saved_state["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
-        start = int(state["step"])
-        saved_decay = state["train_config"].get("ema_decay", 0.0)
+        start = int(saved_state["step"])
+        saved_decay = saved_state["train_config"].get("ema_decay", 0.0)
         if saved_decay != cfg.ema_decay:
             raise ValueError(
                 f"{resume_from} was saved with ema_decay {saved_decay}; this run asks for {cfg.ema_decay}. Resume it "

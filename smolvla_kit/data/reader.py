@@ -319,7 +319,6 @@ class DatasetMeta:
             )
         return self.root / path
 
-
     def _check_episode_list(self, episodes: list[EpisodeInfo], where: str) -> None:
         seen: set[int] = set()
         for ep in episodes:

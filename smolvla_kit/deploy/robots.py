@@ -118,8 +118,9 @@ def virtual_follower(camera_keys: Sequence[str], image_size: int = 128, sim_task
     arm = VirtualSO101(backend=backend).start()
     tmp = tempfile.TemporaryDirectory(prefix="smolvla-virtual-arm-")
     try:
-        arm.store_calibration(arm.ideal_calibration())
-        cal = save_calibration(arm.ideal_calibration(), Path(tmp.name) / "virtual_so101.json")
+        calibration = arm.ideal_calibration()
+        arm.store_calibration(calibration)  # in the servos, as on a calibrated arm, and in LeRobot's file
+        cal = save_calibration(calibration, Path(tmp.name) / "virtual_so101.json")
         cameras = {n: VirtualCamera(arm, n, image_size) for n in names}
         robot = SO101Follower(arm.port, cal, max_relative_target=max_relative_target, cameras=cameras,
                               watchdog_timeout_s=watchdog_timeout_s, handle_sigint=handle_sigint)

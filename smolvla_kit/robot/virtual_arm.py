@@ -674,8 +674,9 @@ def run_virtual_arm(argv: Sequence[str] | None = None) -> int:
     if args.write_calibration:
         from smolvla_kit.robot.calibration import default_calibration_path
 
-        arm.store_calibration(arm.ideal_calibration())
-        path = save_calibration(arm.ideal_calibration(), default_calibration_path(args.write_calibration))
+        calibration = arm.ideal_calibration()
+        arm.store_calibration(calibration)  # in the servos, as on a calibrated arm, and in LeRobot's file
+        path = save_calibration(calibration, default_calibration_path(args.write_calibration))
         print(f"calibration for id '{args.write_calibration}' written to {path}", file=sys.stderr, flush=True)
     arm.start()
     print(arm.port, flush=True)  # the only line on stdout: the path to open, for scripts
