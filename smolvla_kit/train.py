@@ -305,10 +305,12 @@ def save_checkpoint(
 
 def latest_checkpoint(run: Path) -> Path | None:
     """The checkpoint `run/checkpoints/last` names, if any."""
+    from smolvla_kit.policy.checkpoint import path_inside
+
     pointer = Path(run) / CHECKPOINTS / LAST
     if not pointer.exists():
         return None
-    path = pointer.parent / pointer.read_text().strip()
+    path = path_inside(pointer.parent, pointer.read_text().strip(), str(pointer))
     if not (path / "training_state.json").exists():
         raise FileNotFoundError(
             f"{pointer} names {path.name}, which is missing or incomplete. Delete {pointer} to start over, or point "

@@ -106,16 +106,26 @@ def _tokenizer_is_local(policy) -> bool:
 def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **overrides):
     folder = resolve_folder(path_or_id)
     cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; is it a SmolVLA checkpoint?")
-    raw = json.loads(cfg_file.read_text())
+    raw = read_json_object(cfg_file, what="SmolVLA checkpoint config")
     if "kit_format" in raw:
-        config = SmolVLAConfig.from_dict({**raw["config"], **overrides})
+        if not isinstance(raw.get("config"), dict):
+            raise ValueError(f"{cfg_file}: 'config' must be an object holding the policy's settings. {_RESAVE}")
+        saved = dict(raw["config"])
+        # Kit checkpoints written before the kit computed the vision patch positions itself were trained with the
+        # positions transformers 5.x gives (what the kit installed); read them so.
+        saved.setdefault("vision_position_ids", "transformers5")
+        config = _config_from(cfg_file, lambda: SmolVLAConfig.from_dict({**saved, **overrides}))
         if tokenizer is None and raw.get("tokenizer_file"):
-            tokenizer = str(folder / raw["tokenizer_file"])
+            tokenizer_file = path_inside(folder, raw["tokenizer_file"], f"{cfg_file} 'tokenizer_file'")
+            if not tokenizer_file.is_file():
+                raise FileNotFoundError(
+                    f"{cfg_file} names the tokenizer file {tokenizer_file.name}, which is missing from {folder}. "
+                    f"Copy the whole checkpoint folder again (the tokenizer is saved beside the weights)."
+                )
+            tokenizer = str(tokenizer_file)
         weights, ckpt_stats, rename = _read_weights(folder), None, {}
     elif raw.get("type") == "smolvla":
-        config, rename = lerobot_config_to_kit(raw, folder, overrides)
+        config, rename = _config_from(cfg_file, lambda: lerobot_config_to_kit(raw, folder, overrides))
         weights = _read_weights(folder)
         ckpt_stats = lerobot_stats(folder, weights)
     else:
@@ -145,6 +155,14 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
             raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(own[key].shape)}.")
     dtype = torch.float32
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items() if k in own}
+    # A NaN or inf weight makes every action NaN; stats ("normalizer.*") use NaN for "not recorded".
+    broken = [k for k, v in tensors.items() if not k.startswith("normalizer.") and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"{folder / 'model.safetensors'} holds NaN or infinite values in {len(broken)} weight(s), e.g. "
+            f"{broken[:3]}: the training run that wrote it diverged or the file is damaged. Load an earlier "
+            f"checkpoint of the run, or resume training from one with a lower --lr."
+        )
     for key in own:  # stats buffers not in the checkpoint start as NaN ("no stats")
         if key not in tensors:
             tensors[key] = torch.full(own[key].shape, float("nan"))
@@ -163,11 +181,54 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
     return policy.to(device)
 
 
+_RESAVE = "Copy or download the checkpoint again, or save it again from the run that made it."
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    f = folder / "model.safetensors"
+    return read_safetensors(folder / "model.safetensors", what="weights")
+
+
+def read_safetensors(f: Path, what: str) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, with a message naming the file when it is missing, empty or cut short."""
     if not f.is_file():
-        raise FileNotFoundError(f"{folder} has no model.safetensors.")
-    return load_file(str(f))
+        raise FileNotFoundError(f"{f} is missing: the checkpoint's {what} are there. {_RESAVE}")
+    if f.stat().st_size == 0:
+        raise ValueError(f"{f} is empty (0 bytes): an interrupted copy or download? {_RESAVE}")
+    try:
+        return load_file(str(f))
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error says only what byte failed
+        raise ValueError(f"{f} is not a complete safetensors file ({exc}): truncated or damaged. {_RESAVE}") from exc
+
+
+def read_json_object(f: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object, with a message naming the file otherwise."""
+    if not f.is_file():
+        raise FileNotFoundError(f"{f.parent} has no {f.name}; is it a {what.split(' config')[0]}?")
+    try:
+        raw = json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{f} is not valid JSON ({exc}). {_RESAVE}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{f} must hold a JSON object (the {what}), not a {type(raw).__name__}. {_RESAVE}")
+    return raw
+
+
+def _config_from(cfg_file: Path, build):
+    """Run `build()`, turning a field of the wrong kind or value into an error that names the file."""
+    try:
+        return build()
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{cfg_file}: {exc} Fix that field, or save the checkpoint again.") from exc
+
+
+def path_inside(folder: Path, name: object, source: str) -> Path:
+    """`folder / name` for a relative file name written inside a checkpoint; refuses one that leaves the folder."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise ValueError(f"{source} is {name!r}; it must be a file name relative to {folder}.")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{source} is {name!r}, which points outside {folder}; a checkpoint may only name its own files.")
+    return path
 
 
 # =============================================================================================
@@ -216,7 +277,7 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
     rename: dict[str, str] = {}
     pre = folder / "policy_preprocessor.json"
     if pre.is_file():
-        for step in json.loads(pre.read_text()).get("steps", []):
+        for step in read_json_object(pre, what="LeRobot processor config").get("steps", []):
             name, conf = step.get("registry_name", ""), step.get("config", {}) or {}
             if name == "tokenizer_processor":
                 values["tokenizer_max_length"] = conf.get("max_length", values.get("tokenizer_max_length", 48))
@@ -226,18 +287,41 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
             elif name == "rename_observations_processor":
                 rename = dict(conf.get("rename_map") or {})
     values.setdefault("pad_language_to", "longest")  # LeRobot's class default
+    for key in ("vlm_model_name", "tokenizer_name"):
+        if key in values:
+            values[key] = model_reference(values[key], folder, f"{folder / 'config.json'} '{key}'")
     values.setdefault("tokenizer_name", values.get("vlm_model_name", SMOLVLM2_500M_ID))
     values["vlm_config"] = vlm_config_for(values.get("vlm_model_name", SMOLVLM2_500M_ID))
     values.update(overrides)
     return SmolVLAConfig(**values), rename
 
 
+def model_reference(name: object, folder: Path, source: str) -> str:
+    """Where a LeRobot checkpoint's VLM or tokenizer lives: an absolute folder, a folder *relative to the
+    checkpoint* (LeRobot itself would look in the working directory; the checkpoint is what its owner meant), or
+    a Hub id such as HuggingFaceTB/SmolVLM2-500M-Video-Instruct."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source} must be a folder or a Hub id, got {name!r}.")
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return str(path)
+    local = folder / path
+    if local.exists():
+        return str(path_inside(folder, name, source))
+    if name.count("/") == 1 and not name.startswith(".") and "\\" not in name:
+        return name  # a Hub id
+    raise FileNotFoundError(
+        f"{source} is {name!r}, a folder relative to the checkpoint, but {local} does not exist. Copy that folder "
+        f"into the checkpoint, or write its Hub id (for example {SMOLVLM2_500M_ID!r}) in config.json."
+    )
+
+
 def vlm_config_for(name_or_path: str) -> dict[str, Any]:
     """The SmolVLM architecture for `vlm_model_name`: a local folder's config.json, the kit's built-in
     numbers for SmolVLM2-500M (no Hub needed), or another Hub id's config.json (cached or downloaded)."""
     local = Path(name_or_path).expanduser()
-    if local.is_dir() and (local / "config.json").is_file():
-        return _vlm_arch((json.loads((local / "config.json").read_text())))
+    if local.is_dir():
+        return _vlm_arch(read_json_object(local / "config.json", what="SmolVLM config"))
     if name_or_path == SMOLVLM2_500M_ID:
         return json.loads(json.dumps(SMOLVLM2_500M_CONFIG))
     from huggingface_hub import hf_hub_download
@@ -274,12 +358,12 @@ def lerobot_stats(folder: Path, weights: dict[str, torch.Tensor]) -> dict[str, d
         f = folder / pipeline
         if not f.is_file():
             continue
-        for step in json.loads(f.read_text()).get("steps", []):
+        for step in read_json_object(f, what="LeRobot processor config").get("steps", []):
             if step.get("registry_name") == step_name and step.get("state_file"):
-                state_file = folder / step["state_file"]
+                state_file = path_inside(folder, step["state_file"], f"{f} 'state_file'")
                 if not state_file.is_file():
                     raise FileNotFoundError(f"{f} names the stats file {state_file.name}, which is missing from {folder}.")
-                for flat_key, tensor in load_file(str(state_file)).items():
+                for flat_key, tensor in read_safetensors(state_file, what="normalisation statistics").items():
                     feature, stat = flat_key.rsplit(".", 1)
                     stats.setdefault(feature, {}).setdefault(stat, tensor)
     if stats:

@@ -98,6 +98,7 @@ NANO_VLM_CONFIG: dict[str, Any] = {
 }
 
 NORMALIZATION_MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
+VISION_POSITION_SCHEMES = ("smolvlm", "transformers5")  # see `vision_position_ids` below
 
 # LeRobot's SmolVLAConfig also carries its optimiser and schedule. They describe a training run, not the policy:
 # the kit's TrainConfig owns them (its defaults with `--init-from` are SmolVLA's published ones), and a config that
@@ -106,6 +107,23 @@ TRAINING_FIELDS = frozenset({
     "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "optimizer_grad_clip_norm",
     "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
 })
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# What each annotation in SmolVLAConfig accepts (a whole number also passes as a float).
+_FIELD_TYPES = {
+    "int": _is_int,
+    "float": lambda v: _is_int(v) or isinstance(v, float),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "int | None": lambda v: v is None or _is_int(v),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "dict[str, str]": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
 
 
 @dataclass
@@ -147,6 +165,10 @@ class SmolVLAConfig:
     vlm_model_name: str = SMOLVLM2_500M_ID  # where the VLM's architecture comes from (LeRobot field)
     vlm_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(SMOLVLM2_500M_CONFIG))
     num_vlm_layers: int = 16  # keep the first N text layers
+    # Which position embedding each image patch adds (`patch_position_ids` in smolvla.py): "smolvlm" is SmolVLM's
+    # original rule, the one SmolVLM2 and smolvla_base were trained with; "transformers5" is the rule transformers
+    # 5.x brought, which the kit's checkpoints saved before this field existed were trained with.
+    vision_position_ids: str = "smolvlm"
 
     # --- Action expert ------------------------------------------------------------------------
     attention_mode: str = "cross_attn"  # "cross_attn" (SmolVLA) or "self_attn" (every layer joint)
@@ -172,7 +194,8 @@ class SmolVLAConfig:
     global_image_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        self.camera_names = list(self.camera_names)
+        if isinstance(self.camera_names, tuple):
+            self.camera_names = list(self.camera_names)
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -227,6 +250,7 @@ class SmolVLAConfig:
 
     def validate(self) -> None:
         """Reject settings the model cannot run with, saying which field is wrong."""
+        self.check_types()
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps ({self.n_action_steps}) must be between 1 and chunk_size ({self.chunk_size}).")
         if self.state_dim > self.max_state_dim:
@@ -239,6 +263,8 @@ class SmolVLAConfig:
             raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
+        if self.vision_position_ids not in VISION_POSITION_SCHEMES:
+            raise ValueError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {self.vision_position_ids!r}.")
         if self.samples_per_chunk < 1:
             raise ValueError(f"samples_per_chunk must be >= 1, got {self.samples_per_chunk}.")
         for kind, mode in self.normalization_mapping.items():
@@ -254,6 +280,15 @@ class SmolVLAConfig:
             raise ValueError(
                 f"num_vlm_layers ({n_vlm}) must be a multiple of num_expert_layers ({self.num_expert_layers})."
             )
+
+    def check_types(self) -> None:
+        """Each field holds the kind of value its annotation names (a config.json edited by hand may not)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES[str(f.type)]
+            if not expected(value):
+                raise TypeError(f"field {f.name!r} must be {str(f.type).replace(' | None', ' or null')}, "
+                                f"got {type(value).__name__} {value!r}.")
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SmolVLAConfig
+from .config import VISION_POSITION_SCHEMES, SmolVLAConfig
 
 # =============================================================================================
 # 1. Building blocks
@@ -65,10 +65,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """Apply a Llama RMSNorm module: x / sqrt(mean(x^2) + eps) * weight, fused where torch has it."""
-    if hasattr(F, "rms_norm") and x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-    return norm(x)
+    """Llama's RMSNorm with the weights of `norm`: weight * (x / sqrt(mean(x^2) + eps)).
+
+    Written here rather than calling the module so that its semantics do not depend on the installed
+    transformers: the statistics are taken in float32 and the normalised value is cast back to x's dtype
+    *before* the weight multiplies it (what transformers 4.x and 5.x do for Llama; other norms differ).
+    """
+    eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+    if x.dtype == torch.float32 and hasattr(F, "rms_norm"):  # the same sum, fused
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return norm.weight * normed.to(x.dtype)
+
+
+def llama_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    """Llama's gated MLP with the weights of `mlp`: down(silu(gate(x)) * up(x))."""
+    return mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
 
 
 _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
@@ -96,11 +109,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     # the precision, and on CPUs the float32 kernel's backward pass is the faster one.
     with _autocast_off(q.device.type):
         if groups > 1 and _SDPA_HAS_GQA:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5, enable_gqa=True)
         else:
             if groups > 1:  # older torch: repeat each K/V head for its group of query heads
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, Lq, D)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5)  # (B, H, Lq, D)
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
@@ -145,6 +158,93 @@ def expert_mlp_width(width: int, multiplier: int = 4, multiple_of: int = 256) ->
 
 
 # =============================================================================================
+# 1b. SmolVLM's vision side: SigLIP patches, their positions, the pixel-shuffle connector
+# =============================================================================================
+# The kit holds transformers' modules for the weights (so checkpoints load key for key) but runs them
+# with the code below, so that what an image becomes does not change with the installed transformers.
+# It did change: transformers 5.x gives the patches other position ids than the versions SmolVLM2 and
+# smolvla_base were trained with (transformers issue 41190), which moved a policy's actions by degrees.
+
+def patch_position_ids(
+    patch_mask: Tensor, per_side: int, scheme: str = "smolvlm", dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Which row of the position-embedding table (per_side^2 rows) each patch adds: (N, h, w) bool -> (N, h*w) long.
+
+    `patch_mask` marks the patches of each image that hold picture (all of them for the kit's square inputs);
+    the picture's rows and columns are spread over the table's `per_side` rows and columns by bucketing each
+    patch's fractional coordinate i / n (n = picture patches along that side) at the edges 1/per_side, 2/per_side, ...
+
+    * ``"smolvlm"``: SmolVLM's original formula (transformers <= 4.54.1, and 4.57): the coordinate is
+      i / n * (1 - 1e-6), computed in `dtype` (the vision tower's: the original works in the pixel values' dtype).
+      In float32 that puts each coordinate just below its edge, so a full row reads 0, 0, 1, 2, ..., per_side - 2
+      (512 px in 16 px patches: 0, 0, 1, ..., 30; row 31 of the table is never used). In bfloat16, 1 - 1e-6
+      rounds to 1 and, for a power-of-two side, a row reads 0, 1, ..., per_side - 1.
+      The weights LeRobot 0.4.4 loads in float32 see the first; this is what the kit uses for every LeRobot checkpoint.
+    * ``"transformers5"``: what transformers 5.x computes: i * (1 / n) in float32, clamped below 1, so a full row
+      reads 0, 1, ..., per_side - 1. The kit's own checkpoints trained before it owned this step saw these ids.
+    Patches outside the picture get id 0 (they are masked out of attention anyway).
+    """
+    if scheme not in VISION_POSITION_SCHEMES:
+        raise ValueError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {scheme!r}.")
+    N, h, w = patch_mask.shape
+    device = patch_mask.device
+    # Python floats, as in the original: arange's float32 rounding decides how many edges there are.
+    edges = torch.arange(1 / per_side, 1.0, 1 / per_side, device=device)
+    rows_in_picture = patch_mask[:, :, 0].sum(1)  # (N,)
+    cols_in_picture = patch_mask[:, 0, :].sum(1)
+
+    def buckets(count: int, length: int) -> Tensor:  # (length,) ids of one side with `count` picture patches
+        index = torch.arange(length, device=device)
+        if scheme == "smolvlm":
+            frac = torch.arange(count, device=device, dtype=dtype) / count * (1 - 1e-6)
+            frac = F.pad(frac, (0, length - count))
+        else:
+            frac = torch.clamp(index.float() * (1.0 / count), max=1.0 - 1e-6)
+        return torch.bucketize(frac, edges, right=True)
+
+    ids = torch.zeros(N, h * w, dtype=torch.long, device=device)
+    sizes: dict[tuple[int, int], Tensor] = {}  # every image of a batch usually has the same picture size
+    for n in range(N):
+        key = (int(rows_in_picture[n]), int(cols_in_picture[n]))
+        if key not in sizes:
+            rows, cols = buckets(key[0], h), buckets(key[1], w)
+            sizes[key] = (rows[:, None] * per_side + cols[None, :]).flatten()  # (h*w,)
+        ids[n] = torch.where(patch_mask[n].flatten(), sizes[key], ids[n])
+    return ids
+
+
+def vision_attention(attn: nn.Module, x: Tensor, heads: int) -> Tensor:
+    """SigLIP self-attention with the weights of `attn`: every patch sees every patch; scale 1/sqrt(head dim)."""
+    N, T, D = x.shape
+    q, k, v = (proj(x).view(N, T, heads, D // heads).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = F.scaled_dot_product_attention(q, k, v, scale=(D // heads) ** -0.5)  # (N, heads, T, D/heads)
+    return attn.out_proj(out.transpose(1, 2).reshape(N, T, D))
+
+
+def pixel_shuffle(x: Tensor, factor: int) -> Tensor:
+    """SmolVLM's token merge: (N, side*side, D) -> (N, (side/f)^2, D*f^2); each f x f block of patches -> one token.
+
+    The order of the merged features is SmolVLM's: the f patches of one row of a block are concatenated first
+    (width), then the f rows (height); the blocks come out row by row.
+    """
+    N, T, D = x.shape
+    side = math.isqrt(T)
+    if side * side != T or side % factor:
+        raise ValueError(f"pixel shuffle needs a square grid of patches divisible by {factor}; got {T} patches.")
+    x = x.reshape(N, side, side // factor, D * factor)  # merge f neighbours along a row
+    x = x.permute(0, 2, 1, 3).reshape(N, side // factor, side // factor, D * factor * factor)  # and f rows
+    return x.permute(0, 2, 1, 3).reshape(N, T // factor**2, D * factor**2)
+
+
+def check_vision_config(vision_config) -> None:
+    """The vision code above is SigLIP's as SmolVLM configures it; refuse a config it would silently misread."""
+    if vision_config.hidden_act != "gelu_pytorch_tanh":
+        raise ValueError(f"SmolVLM vision hidden_act {vision_config.hidden_act!r}: the kit implements 'gelu_pytorch_tanh'.")
+    if vision_config.hidden_size % vision_config.num_attention_heads:
+        raise ValueError("SmolVLM vision hidden_size must be a multiple of num_attention_heads.")
+
+
+# =============================================================================================
 # 2. The two stacks: a truncated SmolVLM and the action expert
 # =============================================================================================
 
@@ -154,6 +254,9 @@ def build_vlm(config: SmolVLAConfig) -> nn.Module:
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
     vlm_cfg = SmolVLMConfig(**copy.deepcopy(config.vlm_config))
+    check_vision_config(vlm_cfg.vision_config)
+    if vlm_cfg.text_config.hidden_act != "silu":
+        raise ValueError(f"SmolVLM text hidden_act {vlm_cfg.text_config.hidden_act!r}: the kit implements Llama's 'silu'.")
     vlm = SmolVLMForConditionalGeneration(vlm_cfg)
     text = vlm.model.text_model
     if config.num_vlm_layers > 0:
@@ -237,8 +340,18 @@ class SmolVLMWithExpert(nn.Module):
     def embed_images(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, T, D): SigLIP patches, pixel shuffle, linear to the text width."""
         vision = self.vlm.model.vision_model
-        patches = vision(pixel_values=images.to(vision.dtype)).last_hidden_state  # (N, T_patch, Dv)
-        return self.vlm.model.connector(patches)  # (N, T_patch / s^2, D)
+        cfg = self.vlm.config.vision_config
+        emb = vision.embeddings
+        x = emb.patch_embedding(images.to(emb.patch_embedding.weight.dtype))  # (N, Dv, H/p, W/p)
+        patch_mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.bool, device=x.device)
+        ids = patch_position_ids(patch_mask, cfg.image_size // cfg.patch_size, self.config.vision_position_ids, x.dtype)
+        h = x.flatten(2).transpose(1, 2) + emb.position_embedding(ids)  # (N, T_patch, Dv)
+        for layer in vision.encoder.layers:  # pre-norm transformer layers
+            h = h + vision_attention(layer.self_attn, layer.layer_norm1(h), cfg.num_attention_heads)
+            h = h + layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.layer_norm2(h)), approximate="tanh"))
+        h = vision.post_layernorm(h)
+        merged = pixel_shuffle(h, self.vlm.config.scale_factor)  # (N, T_patch / s^2, Dv * s^2)
+        return self.vlm.model.connector.modality_projection.proj(merged)  # (N, T_patch / s^2, D)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         return self.vlm.model.text_model.embed_tokens(tokens)
@@ -361,7 +474,7 @@ class SmolVLMWithExpert(nn.Module):
     def _finish(layer: nn.Module, x: Tensor, att: Tensor) -> Tensor:
         """Llama block tail: x + o_proj(att), then x + MLP(norm(x))."""
         x = x + layer.self_attn.o_proj(att.to(layer.self_attn.o_proj.weight.dtype))
-        return x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return x + llama_mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, x))
 
 
 # =============================================================================================

@@ -154,11 +154,19 @@ class TextTokenizer:
         return "tokenizer.json"
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def _load_hf_tokenizer(name_or_path: str):
     """Load a transformers tokenizer from a local folder or the Hub cache, failing fast and clearly offline."""
     from transformers import AutoTokenizer
 
     if os.path.isdir(name_or_path):
+        if not any(os.path.isfile(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"The tokenizer folder {name_or_path} has none of {_TOKENIZER_FILES}: the tokenizer is missing. Copy "
+                f"the tokenizer files of the model it belongs to into it (e.g. from the SmolVLM2 Hub repository)."
+            )
         return AutoTokenizer.from_pretrained(name_or_path)
     from .checkpoint import hub_offline_error, is_hub_offline
 
