@@ -253,6 +253,13 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
     values: dict[str, Any] = {k: raw[k] for k in _SAME_FIELDS if k in raw}
     inputs = raw.get("input_features") or {}
     outputs = raw.get("output_features") or {}
+    for name, features in (("input_features", inputs), ("output_features", outputs)):
+        if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
+            raise ValueError(f"'{name}' must be an object mapping each feature to {{'type': ..., 'shape': [...]}}.")
+        for key, feature in features.items():
+            shape = feature.get("shape")
+            if not isinstance(shape, list) or not shape or not all(isinstance(n, int) for n in shape):
+                raise ValueError(f"'{name}'['{key}']['shape'] must be a list of whole numbers, got {shape!r}.")
     if "observation.state" not in inputs or "action" not in outputs:
         raise ValueError(
             f"LeRobot config {folder / 'config.json'} must list 'observation.state' in input_features and 'action' in "
