@@ -165,9 +165,7 @@ def expert_mlp_width(width: int, multiplier: int = 4, multiple_of: int = 256) ->
 # It did change: transformers 5.x gives the patches other position ids than the versions SmolVLM2 and
 # smolvla_base were trained with (transformers issue 41190), which moved a policy's actions by degrees.
 
-def patch_position_ids(
-    patch_mask: Tensor, per_side: int, scheme: str = "smolvlm", dtype: torch.dtype = torch.float32
-) -> Tensor:
+def patch_position_ids(patch_mask: Tensor, per_side: int, scheme: str = "smolvlm") -> Tensor:
     """Which row of the position-embedding table (per_side^2 rows) each patch adds: (N, h, w) bool -> (N, h*w) long.
 
     `patch_mask` marks the patches of each image that hold picture (all of them for the kit's square inputs);
@@ -175,11 +173,11 @@ def patch_position_ids(
     patch's fractional coordinate i / n (n = picture patches along that side) at the edges 1/per_side, 2/per_side, ...
 
     * ``"smolvlm"``: SmolVLM's original formula (transformers <= 4.54.1, and 4.57): the coordinate is
-      i / n * (1 - 1e-6), computed in `dtype` (the vision tower's: the original works in the pixel values' dtype).
-      In float32 that puts each coordinate just below its edge, so a full row reads 0, 0, 1, 2, ..., per_side - 2
-      (512 px in 16 px patches: 0, 0, 1, ..., 30; row 31 of the table is never used). In bfloat16, 1 - 1e-6
-      rounds to 1 and, for a power-of-two side, a row reads 0, 1, ..., per_side - 1.
-      The weights LeRobot 0.4.4 loads in float32 see the first; this is what the kit uses for every LeRobot checkpoint.
+      i / n * (1 - 1e-6) in float32, which puts each coordinate just below its edge, so a full row reads
+      0, 0, 1, 2, ..., per_side - 2 (512 px in 16 px patches: 0, 0, 1, ..., 30; row 31 of the table is never used).
+      This is what LeRobot 0.4.4 computes for a checkpoint it loads (in float32), and what the kit uses for every
+      LeRobot checkpoint. (The original works in the pixel values' dtype, so a model *run* in bfloat16 there gets
+      other ids; the kit keeps float32 ids in bfloat16 too, so that the precision changes only the precision.)
     * ``"transformers5"``: what transformers 5.x computes: i * (1 / n) in float32, clamped below 1, so a full row
       reads 0, 1, ..., per_side - 1. The kit's own checkpoints trained before it owned this step saw these ids.
     Patches outside the picture get id 0 (they are masked out of attention anyway).
@@ -196,7 +194,7 @@ def patch_position_ids(
     def buckets(count: int, length: int) -> Tensor:  # (length,) ids of one side with `count` picture patches
         index = torch.arange(length, device=device)
         if scheme == "smolvlm":
-            frac = torch.arange(count, device=device, dtype=dtype) / count * (1 - 1e-6)
+            frac = torch.arange(count, device=device, dtype=torch.float32) / count * (1 - 1e-6)
             frac = F.pad(frac, (0, length - count))
         else:
             frac = torch.clamp(index.float() * (1.0 / count), max=1.0 - 1e-6)
@@ -344,7 +342,7 @@ class SmolVLMWithExpert(nn.Module):
         emb = vision.embeddings
         x = emb.patch_embedding(images.to(emb.patch_embedding.weight.dtype))  # (N, Dv, H/p, W/p)
         patch_mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.bool, device=x.device)
-        ids = patch_position_ids(patch_mask, cfg.image_size // cfg.patch_size, self.config.vision_position_ids, x.dtype)
+        ids = patch_position_ids(patch_mask, cfg.image_size // cfg.patch_size, self.config.vision_position_ids)
         h = x.flatten(2).transpose(1, 2) + emb.position_embedding(ids)  # (N, T_patch, Dv)
         for layer in vision.encoder.layers:  # pre-norm transformer layers
             h = h + vision_attention(layer.self_attn, layer.layer_norm1(h), cfg.num_attention_heads)
