@@ -9,7 +9,7 @@ Two references, each run with the Python of its own environment (kept *outside* 
 
 * **LeRobot 0.6.1 + transformers 5.x**, which gives the image patches other position ids (transformers issue
   41190; `patch_position_ids` in smolvla_kit/policy/smolvla.py). The kit, faithful to the released weights,
-  differs from it by that much; loaded with `vision_position_ids="transformers5"` it matches it as well:
+  differs from it by that much; loaded with `vision_position_ids="per-patch"` it matches it as well:
 
       python3.12 -m venv REF061 && REF061/bin/pip install torch==2.13.0
       REF061/bin/pip install "lerobot[smolvla]==0.6.1" -c <(echo torch==2.13.0)
@@ -287,8 +287,8 @@ def kit_case(checkpoint: str, io_file: str) -> dict:
     policy = SmolVLAPolicy.from_pretrained(checkpoint)
     out = {"max_abs_diff": (policy.predict_chunk(obs, noise=noise) - ref).abs().max().item(),
            "max_abs_diff_uncached": (policy.predict_chunk(obs, noise=noise, use_cache=False) - ref).abs().max().item()}
-    policy = SmolVLAPolicy.from_pretrained(checkpoint, vision_position_ids="transformers5")
-    out["max_abs_diff_transformers5_positions"] = (policy.predict_chunk(obs, noise=noise) - ref).abs().max().item()
+    policy = SmolVLAPolicy.from_pretrained(checkpoint, vision_position_ids="per-patch")
+    out["max_abs_diff_per_patch_positions"] = (policy.predict_chunk(obs, noise=noise) - ref).abs().max().item()
     return out
 
 
@@ -381,13 +381,13 @@ def main() -> None:
             kit = json.loads(proc.stdout.strip().splitlines()[-1])
             # Against a reference that computes the vision positions as the released weights were trained, the kit
             # must match as it loads; against LeRobot 0.6 it must match once given 0.6's positions.
-            compared = kit["max_abs_diff"] if as_released else kit["max_abs_diff_transformers5_positions"]
+            compared = kit["max_abs_diff"] if as_released else kit["max_abs_diff_per_patch_positions"]
             row = {"case": name, **{k: v for k, v in ref.items() if k not in ("checkpoint", "io")}, **kit,
                    "pass": compared <= TARGET}
             results.append(row)
             alt = ref["alternating_same_process_ms"]
             print(f"{name:17s} max|diff| {kit['max_abs_diff']:.2e} (uncached {kit['max_abs_diff_uncached']:.2e}; "
-                  f"with 5.x positions {kit['max_abs_diff_transformers5_positions']:.2e}; |ref| max "
+                  f"with 5.x (per-patch) positions {kit['max_abs_diff_per_patch_positions']:.2e}; |ref| max "
                   f"{ref['max_abs_reference']:.1f})  chunk, {args.threads} threads, turn by turn: LeRobot "
                   f"{alt['lerobot']:9.1f} ms  kit {alt['kit']:9.1f} ms  kit bfloat16 {alt['kit_bfloat16']:9.1f} ms "
                   f"(max|diff| {alt['kit_bfloat16_max_abs_diff']:.2e})  {'PASS' if row['pass'] else 'FAIL'}")
@@ -396,7 +396,7 @@ def main() -> None:
         "lerobot": version, "transformers": transformers.__version__, "threads": args.threads,
         "vision_positions_as_released_weights_were_trained": as_released,
         "pass_means": "max_abs_diff <= target" if as_released else
-                      "max_abs_diff_transformers5_positions <= target (the kit loads with SmolVLM's original positions)",
+                      "max_abs_diff_per_patch_positions <= target (the kit loads with SmolVLM's original positions)",
         "cases": results,
     }
     key = f"lerobot-{version}"

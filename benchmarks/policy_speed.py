@@ -2,12 +2,13 @@
 
     python benchmarks/policy_speed.py            # all measurements (a few minutes; base needs ~4 GB RAM)
     python benchmarks/policy_speed.py --quick    # nano (and the larger nano shapes it was chosen against) only
+    python benchmarks/policy_speed.py --device cuda   # chunk rows on a GPU (added to the CPU rows on record)
 
 Each measurement runs in its own subprocess, so "peak RSS" is that measurement's own high-water mark.
 Latency = raw observation -> un-normalised action chunk (pre-processing, 10 Euler steps, post-processing),
 median over repeats after a warm-up. `base` uses random weights of the exact smolvla_base shape and, since
 the SmolVLM2 tokenizer needs the Hub, the kit's nano tokenizer (token ids only feed the embedding table).
-The reference (LeRobot, eager float32 attention) is measured side by side by benchmarks/parity_lerobot.py
+The reference (LeRobot 0.4.4, eager float32 attention) is measured side by side by benchmarks/parity_lerobot.py
 (--base); its figures are copied here from benchmarks/results/parity_lerobot.json when present.
 The "float32 | bf16 autocast" row alternates the two kinds of training step in one process, so its ratio is
 measured side by side (TrainConfig.mixed_precision).
@@ -33,14 +34,17 @@ RESULTS = REPO / "benchmarks" / "results" / "policy_speed.json"
 PARITY = REPO / "benchmarks" / "results" / "parity_lerobot.json"
 
 
-def median_ms(fn, repeats: int) -> tuple[float, float]:
+def median_ms(fn, repeats: int, sync=lambda: None) -> tuple[float, float]:
     """Median wall time and median CPU time of this thread (ms). On a shared machine the CPU time shows
-    what the code costs when it gets the core; the wall time adds waiting for neighbours."""
+    what the code costs when it gets the core; the wall time adds waiting for neighbours. `sync` waits for a
+    GPU's queued work, so that the wall time covers it."""
     fn()  # warm-up
+    sync()
     wall, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.thread_time()
         fn()
+        sync()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.thread_time() - c0)
     wall.sort()
@@ -90,19 +94,24 @@ def build(preset: str):
     return policy.eval(), obs
 
 
-def measure(kind: str, threads: int, repeats: int) -> dict:
+def measure(kind: str, threads: int, repeats: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     if kind.startswith("chunk"):
         _, preset, cache, *rest = kind.split(":")  # e.g. chunk:base:cached:bfloat16, chunk:nano:cached:float32:32
         policy, obs = build(preset)
+        policy.to(device)
         if rest:
             policy.set_dtype(getattr(torch, rest[0]))
         samples = int(rest[1]) if len(rest) > 1 else 1  # chunks drawn and averaged (samples_per_chunk)
-        ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached", samples=samples), repeats)
-        return {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
-                "params": sum(p.numel() for p in policy.parameters())}
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        ms, cpu = median_ms(lambda: policy.predict_chunk(obs, use_cache=cache == "cached", samples=samples), repeats, sync)
+        out = {"ms": ms, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(), "params": sum(p.numel() for p in policy.parameters())}
+        if device == "cuda":
+            out["gpu"] = torch.cuda.get_device_name()
+            out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
     if kind.startswith("train:nano"):
         _, preset, *draws = kind.split(":")  # e.g. train:nano:2 (two noise draws per frame)
         noise_samples = int(draws[0]) if draws else 1
@@ -152,11 +161,17 @@ def train_step(preset: str, noise_samples: int, mixed_precision: bool):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="nano only")
-    ap.add_argument("--one", nargs=3, metavar=("KIND", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the chunk rows run")
+    ap.add_argument("--one", nargs=4, metavar=("KIND", "THREADS", "REPEATS", "DEVICE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), int(args.one[2]))))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), int(args.one[2]), args.one[3])))
         return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: this torch sees no CUDA GPU (torch.cuda.is_available() is False).")
 
     plan = [
         ("nano chunk, prefix cache", "chunk:nano:cached", 1, 30),
@@ -172,7 +187,13 @@ def main() -> None:
     for variant in NANO_VARIANTS:
         plan += [(f"{variant} chunk, prefix cache", f"chunk:{variant}:cached", 1, 30),
                  (f"{variant} train step, batch 32", f"train:{variant}", 1, 5)]
-    if not args.quick:
+    if args.device == "cuda":  # latency on a GPU: base as it would serve a real arm, nano for scale
+        plan = [
+            ("nano chunk, prefix cache", "chunk:nano:cached", 1, 30),
+            ("base chunk, prefix cache", "chunk:base:cached", 1, 20),
+            ("base chunk, cache, bfloat16", "chunk:base:cached:bfloat16", 1, 20),
+        ]
+    elif not args.quick:
         plan += [
             ("base chunk, prefix cache", "chunk:base:cached", 1, 2),
             ("base chunk, no cache", "chunk:base:uncached", 1, 1),
@@ -182,12 +203,13 @@ def main() -> None:
     rows = []
     print(f"{'measurement':42s} {'threads':>7s} {'wall ms':>10s} {'cpu ms':>10s} {'peak RSS MB':>12s} {'params':>10s}")
     for label, kind, threads, repeats in plan:
-        proc = subprocess.run([sys.executable, __file__, "--one", kind, str(threads), str(repeats)],
+        proc = subprocess.run([sys.executable, __file__, "--one", kind, str(threads), str(repeats), args.device],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append({"measurement": label, "kind": kind, "threads": threads, "repeats": repeats, **res})
+        rows.append({"measurement": label, "kind": kind, "device": args.device, "threads": threads,
+                     "repeats": repeats, **res})
         if "speedup" in res:  # the two alternating halves of one measurement
             print(f"{label:42s} {threads:7d} {res['ms']:10.1f} | {res['ms_mixed_precision']:.1f} ms with autocast: "
                   f"x{res['speedup']:.2f}")
@@ -195,25 +217,23 @@ def main() -> None:
         print(f"{label:42s} {threads:7d} {res['ms']:10.1f} {res['cpu_ms']:10.1f} {res['peak_rss_mb']:12.0f} "
               f"{res.get('params', ''):>10}")
 
-    reference = None
+    reference = []
     if PARITY.is_file():
-        parity = json.loads(PARITY.read_text())
-        reference = [
-            {"case": c["case"], "n_params": c["n_params"],
-             "lerobot_ms_1thread": c["alternating_same_process_ms_1thread"]["lerobot"],
-             "kit_ms_1thread": c["alternating_same_process_ms_1thread"]["kit"], "max_abs_diff": c["max_abs_diff"],
-             "kit_bfloat16_ms_1thread": c["alternating_same_process_ms_1thread"].get("kit_bfloat16")}
-            for c in parity.get("cases", []) if "alternating_same_process_ms_1thread" in c
-        ]
-        for r in reference:
-            print(f"side by side, alternating in one process ({r['case']}, batch 2): "
-                  f"LeRobot {r['lerobot_ms_1thread']:.1f} ms vs kit {r['kit_ms_1thread']:.1f} ms"
-                  + (f", kit bfloat16 {r['kit_bfloat16_ms_1thread']:.1f} ms" if r["kit_bfloat16_ms_1thread"] else ""))
+        for name, entry in json.loads(PARITY.read_text()).get("references", {}).items():
+            for c in entry["cases"]:
+                alt = c["alternating_same_process_ms"]
+                reference.append({"reference": name, "case": c["case"], "threads": entry["threads"],
+                                  "n_params": c["n_params"], "lerobot_ms": alt["lerobot"], "kit_ms": alt["kit"],
+                                  "kit_bfloat16_ms": alt["kit_bfloat16"], "max_abs_diff": c["max_abs_diff"]})
+                print(f"side by side, turn by turn in one process ({name}, {c['case']}, {entry['threads']} threads): "
+                      f"LeRobot {alt['lerobot']:.1f} ms vs kit {alt['kit']:.1f} ms, kit bfloat16 {alt['kit_bfloat16']:.1f} ms")
 
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    old_rows = old.get("results", [])
+    rows += [r for r in old_rows if r.get("device", "cpu") != args.device]  # the other device's rows stay
     base_rows_from = None
-    if args.quick and old:  # keep the base rows of the last full run
-        kept = [r for r in old.get("results", []) if "base" in r["kind"] and r["threads"] == 1]
+    if args.quick and args.device == "cpu" and old:  # keep the base rows of the last full run
+        kept = [r for r in old_rows if "base" in r["kind"] and r["threads"] == 1 and r.get("device", "cpu") == "cpu"]
         if kept:
             rows += kept
             base_rows_from = old.get("base_rows_from") or old.get("date")
@@ -231,6 +251,9 @@ def main() -> None:
                 "cpu_ms is this thread's own CPU time. Multi-threaded runs are not reported: with both cores busy, "
                 "OpenMP threads stall on each other (a 2-thread nano train step took 4 s vs 0.17 s with one).",
     }
+    if args.device == "cuda":  # the CPU run's description stays; the GPU run's goes beside it
+        report = {**old, "results": rows, "reference_side_by_side": reference,
+                  "cuda_run": {k: report[k] for k in ("date", "command", "machine")}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"wrote {RESULTS}")

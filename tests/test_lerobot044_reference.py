@@ -105,9 +105,9 @@ def test_first_velocity_actions_and_loss_match(policy, reference, meta):
     assert abs(losses.mean().item() - reference["loss.mean"].item()) < 1e-5
 
 
-def test_transformers5_positions_would_not_match(reference, meta, tmp_path, monkeypatch):
+def test_per_patch_positions_would_not_match(reference, meta, tmp_path, monkeypatch):
     """The comparison sees the difference the position ids make (so it guards the choice)."""
     monkeypatch.chdir(tmp_path)
-    other = SmolVLAPolicy.from_pretrained(FIXTURE / "policy", vision_position_ids="transformers5")
+    other = SmolVLAPolicy.from_pretrained(FIXTURE / "policy", vision_position_ids="per-patch")
     actions = other.predict_chunk(observation(reference, meta), noise=reference["noise"])
     assert max_diff(actions, reference["actions"]) > 10 * 1e-3  # ten times the tolerance above

@@ -39,7 +39,7 @@ def test_position_ids_follow_the_original_formula(image_size, patch):
 
 
 def test_position_ids_stay_float32_ones_when_the_model_runs_in_bfloat16():
-    config = SmolVLAConfig.preset("nano")
+    config = SmolVLAConfig.preset("nano", vision_position_ids="smolvlm")
     vwe = SmolVLMWithExpert(config).eval()
     seen = []
     vwe.vlm.model.vision_model.embeddings.position_embedding.register_forward_hook(lambda m, i, o: seen.append(i[0]))
@@ -66,9 +66,14 @@ def test_position_ids_of_a_picture_padded_on_one_side():
     assert (ids[~mask.view(2, -1)] == 0).all()
 
 
-def test_transformers5_scheme_is_one_id_per_patch():
-    ids = patch_position_ids(torch.ones(1, 8, 8, dtype=torch.bool), 8, "transformers5")
+def test_per_patch_scheme_is_one_id_per_patch():
+    ids = patch_position_ids(torch.ones(1, 8, 8, dtype=torch.bool), 8, "per-patch")
     assert torch.equal(ids[0], torch.arange(64))
+
+
+def test_which_rule_each_preset_uses():
+    assert SmolVLAConfig.preset("base").vision_position_ids == "smolvlm"  # as smolvla_base was trained
+    assert SmolVLAConfig.preset("nano").vision_position_ids == "per-patch"  # trained from scratch
 
 
 def test_unknown_scheme_is_refused():
@@ -80,7 +85,7 @@ def installed_scheme() -> str | None:
     """Which rule the installed transformers' SmolVLM implements (None: neither: 4.55/4.56 had a third)."""
     version = Version(transformers.__version__)
     if version.major >= 5:
-        return "transformers5"
+        return "per-patch"
     if version <= Version("4.54.1") or version >= Version("4.57"):
         return "smolvlm"
     return None

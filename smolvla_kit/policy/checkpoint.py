@@ -112,8 +112,8 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
             raise ValueError(f"{cfg_file}: 'config' must be an object holding the policy's settings. {_RESAVE}")
         saved = dict(raw["config"])
         # Kit checkpoints written before the kit computed the vision patch positions itself were trained with the
-        # positions transformers 5.x gives (what the kit installed); read them so.
-        saved.setdefault("vision_position_ids", "transformers5")
+        # ones transformers 5.x gives (the version the kit installed), one per patch row and column.
+        saved.setdefault("vision_position_ids", "per-patch")
         config = _config_from(cfg_file, lambda: SmolVLAConfig.from_dict({**saved, **overrides}))
         if tokenizer is None and raw.get("tokenizer_file"):
             tokenizer_file = path_inside(folder, raw["tokenizer_file"], f"{cfg_file} 'tokenizer_file'")

@@ -98,7 +98,7 @@ NANO_VLM_CONFIG: dict[str, Any] = {
 }
 
 NORMALIZATION_MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
-VISION_POSITION_SCHEMES = ("smolvlm", "transformers5")  # see `vision_position_ids` below
+VISION_POSITION_SCHEMES = ("smolvlm", "per-patch")  # see `vision_position_ids` below
 
 # LeRobot's SmolVLAConfig also carries its optimiser and schedule. They describe a training run, not the policy:
 # the kit's TrainConfig owns them (its defaults with `--init-from` are SmolVLA's published ones), and a config that
@@ -166,8 +166,9 @@ class SmolVLAConfig:
     vlm_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(SMOLVLM2_500M_CONFIG))
     num_vlm_layers: int = 16  # keep the first N text layers
     # Which position embedding each image patch adds (`patch_position_ids` in smolvla.py): "smolvlm" is SmolVLM's
-    # original rule, the one SmolVLM2 and smolvla_base were trained with; "transformers5" is the rule transformers
-    # 5.x brought, which the kit's checkpoints saved before this field existed were trained with.
+    # own rule (the first two patch rows/columns share one), the one SmolVLM2 and smolvla_base were trained with;
+    # "per-patch" gives every patch row/column its own (what transformers 5.x computes). `nano`, trained from
+    # scratch, owes nothing to released weights and uses "per-patch", as it always has.
     vision_position_ids: str = "smolvlm"
 
     # --- Action expert ------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class SmolVLAConfig:
                 vlm_config=copy.deepcopy(NANO_VLM_CONFIG),
                 tokenizer_name="kit:nano",
                 image_size=96,
+                vision_position_ids="per-patch",
                 num_vlm_layers=2,  # layer 0 joint self-attention, layer 1 cross-attention
                 expert_width_multiplier=0.25,  # expert width 64: it runs 10 times per chunk
                 # Replan every 10 actions (a third of a second): a small policy trained from scratch drifts

@@ -98,16 +98,21 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """Grouped-query attention with an additive mask; q (B, Lq, H, D), k/v (B, Lk, Hkv, D) -> (B, Lq, H*D).
 
-    `bias` (B, 1, Lq, Lk) holds 0 where a query may look and the most negative float elsewhere
-    (not -inf: a fully masked row, e.g. a padding token, then stays finite instead of NaN).
-    Each group of H/Hkv query heads shares one key/value head (query head j uses K/V head j // group).
+    Scores are scaled by 1/sqrt(D), as in Llama. `bias` (B, 1, Lq, Lk) holds 0 where a query may look and the
+    most negative float elsewhere (not -inf: a fully masked row, e.g. a padding token, then stays finite instead
+    of NaN). Each group of H/Hkv query heads shares one key/value head (query head j uses K/V head j // group).
     """
     b, lq, h, d = q.shape
     groups = h // k.shape[2]
-    q, k, v = q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()  # (B, heads, L, D)
-    # Under bfloat16 autocast (training's `mixed_precision`) attention still runs in float32: the softmax wants
-    # the precision, and on CPUs the float32 kernel's backward pass is the faster one.
-    with _autocast_off(q.device.type):
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, D)
+    # On a GPU in bfloat16 attention stays in bfloat16 so that SDPA's fused kernels run (they keep the softmax's
+    # sums in float32 themselves). Everywhere else it runs in float32, also under bfloat16 autocast (training's
+    # `mixed_precision`): the softmax wants the precision, and on CPUs the float32 kernel's backward is the faster.
+    fused = q.device.type == "cuda" and q.dtype == torch.bfloat16
+    if not fused:
+        q, k, v = q.float(), k.float(), v.float()
+    bias = bias.to(q.dtype)
+    with contextlib.nullcontext() if fused else _autocast_off(q.device.type):
         if groups > 1 and _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5, enable_gqa=True)
         else:
@@ -178,8 +183,8 @@ def patch_position_ids(patch_mask: Tensor, per_side: int, scheme: str = "smolvlm
       This is what LeRobot 0.4.4 computes for a checkpoint it loads (in float32), and what the kit uses for every
       LeRobot checkpoint. (The original works in the pixel values' dtype, so a model *run* in bfloat16 there gets
       other ids; the kit keeps float32 ids in bfloat16 too, so that the precision changes only the precision.)
-    * ``"transformers5"``: what transformers 5.x computes: i * (1 / n) in float32, clamped below 1, so a full row
-      reads 0, 1, ..., per_side - 1. The kit's own checkpoints trained before it owned this step saw these ids.
+    * ``"per-patch"``: what transformers 5.x computes: i * (1 / n) in float32, clamped below 1, so a full row
+      reads 0, 1, ..., per_side - 1: every patch row and column its own embedding. The `nano` preset's choice.
     Patches outside the picture get id 0 (they are masked out of attention anyway).
     """
     if scheme not in VISION_POSITION_SCHEMES:
