@@ -106,6 +106,7 @@ STATE_DIM, ACTION_DIM = 6, 6
 TASKS = ["pick up the red cube and place it in the blue bin", "touch the green cube"]
 # Which reference computes SmolVLM's vision patch positions as the released weights were trained.
 TRAINED_LIKE_RELEASED_WEIGHTS = {"0.4": True, "0.6": False}
+TOKENIZER_ONLY = False  # set when LeRobot runs on the torchvision stand-in (see main)
 
 
 def batch_size(name: str) -> int:
@@ -149,7 +150,6 @@ def shims_044():
 
 def write_vlm_folder(folder: Path, vlm: dict) -> None:
     """A local SmolVLM folder LeRobot can build from: config.json and a tokenizer (+ image processor on 0.6)."""
-    import transformers
     from transformers import PreTrainedTokenizerFast, SmolVLMConfig
 
     SmolVLMConfig(**json.loads(json.dumps(vlm))).save_pretrained(folder)
@@ -158,7 +158,7 @@ def write_vlm_folder(folder: Path, vlm: dict) -> None:
         extra_special_tokens={"fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>",
                               "image_token": "<image>", "end_of_utterance_token": "<end_of_utterance>"},
     )
-    if int(transformers.__version__.split(".")[0]) < 5:  # 0.4.4: AutoProcessor is patched to load the tokenizer
+    if TOKENIZER_ONLY:  # AutoProcessor is patched to load the tokenizer alone
         tok.save_pretrained(folder)
         return
     from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
@@ -359,10 +359,14 @@ def main() -> None:
         return
 
     version = lerobot_version()
-    if version.startswith("0.4."):
+    # LeRobot imports torchvision, which SmolVLA never calls; where none loads (0.4.4 here, or a CPU environment
+    # without it) an inert stand-in takes its place and SmolVLM's processor is reduced to its tokenizer.
+    if version.startswith("0.4.") or importlib.util.find_spec("torchvision") is None:
         shims = shims_044()
-        stand_in = shims.install_torchvision_stand_in()  # noqa: F841 - lives until the end of the run
+        shims.install_torchvision_stand_in()
         shims.patch_auto_processor()
+        global TOKENIZER_ONLY
+        TOKENIZER_ONLY = True
     import torch
     import transformers
 
