@@ -18,7 +18,9 @@ and its keys/values are cached; each Euler step runs only the (small) expert.
 Module names (`vlm_with_expert.vlm`, `vlm_with_expert.lm_expert`, `state_proj`, ...) match
 LeRobot's, so LeRobot checkpoints load key for key. Reading order of this file:
 
-1. building blocks: RoPE, attention, the block-causal mask, the time embedding
+1. building blocks: RoPE, attention, the block-causal mask, the time embedding; then SmolVLM's vision side
+   (patch positions, SigLIP layers, pixel shuffle). transformers supplies the modules that hold the weights;
+   every computation is written here, so the results do not depend on the installed transformers.
 2. `SmolVLMWithExpert`: the two stacks and how their layers meet
 3. `SmolVLAModel`: embedding the prefix/suffix, the flow-matching loss and the Euler sampler
 """
