@@ -137,7 +137,7 @@ class SmolVLAPolicy(nn.Module):
     def set_dtype(self, dtype: torch.dtype | str) -> "SmolVLAPolicy":
         """Run the VLM and the action expert (all but a few small projections) in `dtype`: float32 or bfloat16.
 
-        For inference: bfloat16 makes a `base` chunk 1.6-1.7x faster on CPUs with bfloat16 instructions;
+        For inference: bfloat16 makes a `base` chunk about 3x faster on CPUs with AMX bfloat16 instructions;
         `nano` is too small to gain. It moves actions by a fraction of a degree, which can tip a policy that is
         on the edge of a decision (close the gripper a step earlier or later). The projections into and out of
         the expert, the normaliser, the attention softmax and the Euler integration stay float32. Train in
