@@ -128,7 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     explicit = explicit_values(args, TrainConfig)
     summary = train(recipe(args.recipe).train_config(**explicit) if args.recipe else TrainConfig(**explicit))
-    print(json.dumps(summary, indent=1))
+    if os.environ.get("RANK", "0") == "0":  # one summary for a torchrun launch
+        print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -235,9 +236,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from smolvla_kit.robot.cameras import CameraError
     from smolvla_kit.robot.feetech import FeetechError
     from smolvla_kit.robot.so101 import RobotError
+    from smolvla_kit.train import LaunchError
 
     return (FileNotFoundError, ValueError, FloatingPointError, DatasetError, PolicyServerError, ProtocolError,
-            CalibrationError, CameraError, FeetechError, RobotError)
+            CalibrationError, CameraError, FeetechError, RobotError, LaunchError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,8 @@ class TrainConfig:
     stop_at: int | None = None
     """Pause after this step (with a checkpoint); re-running without it continues the same schedule."""
     batch_size: int = 32
+    """Frames per optimiser step in all: under torchrun with N processes each takes batch_size / N of them, so the
+    same settings train the same run on any number of processes."""
     chunk_size: int | None = None
     """Actions predicted per chunk (None: the preset's or checkpoint's, 50). The policy plays only the first
     `n_action_steps` (nano: 10) before it looks again."""
@@ -124,7 +126,8 @@ class TrainConfig:
     elsewhere (slower on CPUs without those instructions; Apple's MPS)."""
     seed: int = 0
     num_threads: int = 0
-    """CPU threads for torch; 0 = every core (training is the machine's only job)."""
+    """CPU threads for torch; 0 = every core (training is the machine's only job), shared out among the processes
+    of a torchrun launch on this machine."""
     device: str = "auto"
     """"auto" picks CUDA, then MPS, then the CPU."""
     camera_map: dict[str, str] | None = None
@@ -209,6 +212,78 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+class LaunchError(RuntimeError):
+    """Another process of a torchrun launch failed, so this one stopped (its checkpoints are intact)."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a data-parallel run. torchrun (and accelerate launch) start one process per device and
+    tell each its RANK among WORLD_SIZE processes, and its LOCAL_RANK on this machine; a plain run is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes checkpoints, the loss log, the plot and progress."""
+        return self.rank == 0
+
+
+def start_processes(device_name: str) -> tuple[Processes, torch.device]:
+    """Join the launch's process group (gloo on CPUs, NCCL on CUDA GPUs) when there is one; pick this process's device."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world == 1:
+        return Processes(), device
+    import datetime
+
+    import torch.distributed as dist
+
+    procs = Processes(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), int(env.get("LOCAL_WORLD_SIZE", "1")))
+    if device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # A process that dies closes its connections and the others fail at once; the timeout bounds a hung one.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
+    return procs, device
+
+
+def _all_sum(value: torch.Tensor, procs: Processes) -> torch.Tensor:
+    """The sum of `value` over the processes (itself in a plain run)."""
+    if procs.world == 1:
+        return value
+    import torch.distributed as dist
+
+    value = value.clone()
+    dist.all_reduce(value)
+    return value
+
+
+def _check_same_everywhere(procs: Processes, settings: dict[str, Any], device: torch.device) -> None:
+    """Refuse a launch whose processes were given different settings (or see different data), naming the ranks."""
+    if procs.world == 1:
+        return
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).digest()
+    mine = torch.tensor([int.from_bytes(digest[:7], "big")], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(procs.world)]
+    dist.all_gather(every, mine)
+    differ = [r for r, h in enumerate(every) if int(h) != int(every[0])]
+    if differ:
+        raise ValueError(
+            f"The processes of this launch do not agree on the run's settings or data: ranks {differ} differ from "
+            f"rank 0. Start every process with the same command, on the same dataset and run folder."
+        )
+
+
 def cpu_threads(requested: int = 0) -> int:
     """Torch threads for a process that shares the machine (evaluation, a policy server): `requested`, or
     cores - 1 when 0 (at least 1), leaving a core for the simulator or the robot loop."""
@@ -262,13 +337,13 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 
 def save_checkpoint(
     run: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig, dataset: dict[str, Any],
-    ema: WeightAverage | None = None,
+    ema: WeightAverage | None = None, launch: dict[str, Any] | None = None,
 ) -> Path:
     """Write `run/checkpoints/step_<step>/` atomically and point `run/checkpoints/last` at it.
 
     `dataset` records what the policy was trained on (folder, fps, camera image sizes), so evaluation can render
     the simulator's cameras at the same size. With `ema`, the policy saved is the average and the raw weights
-    join the training state.
+    join the training state. `launch` records how many processes shared each batch (any number can resume it).
     """
     from safetensors.torch import save_file
 
@@ -289,7 +364,8 @@ def save_checkpoint(
     save_file(tensors, str(tmp / "training_state.safetensors"))
     (tmp / "training_state.json").write_text(
         json.dumps(
-            {"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg)), "dataset": dataset}, indent=1
+            {"step": step, "optimizer": plain, "train_config": _jsonable(asdict(cfg)), "dataset": dataset,
+             "launch": launch or {"processes": 1, "batch_per_process": cfg.batch_size}}, indent=1
         )
     )
     # Durable, not only atomic: after a power cut `last` names a checkpoint whose files are all on disk.
@@ -408,15 +484,16 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _training_batch(
     data: Any, step: int, cfg: TrainConfig, start_pool: np.ndarray | None, warmup_pool: np.ndarray | None,
-    mean_state: torch.Tensor | None,
+    mean_state: torch.Tensor | None, share: slice = slice(None),
 ) -> dict[str, Any]:
-    """The batch of one step: during the camera warm-up, episode starts with the state hidden (see TrainConfig)."""
+    """This process's `share` of one step's batch: during the camera warm-up, episode starts with the state hidden
+    (see TrainConfig). The whole batch is drawn as in one process, so the shares of a launch are disjoint."""
     if step < cfg.camera_warmup_steps:
-        picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, warmup_pool, 1.0)
+        picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, warmup_pool, 1.0)[share]
         batch = _collate([data[int(i)] for i in picks])
         batch["observation.state"] = mean_state.expand_as(batch["observation.state"]).clone()  # (B, state_dim)
         return batch
-    picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)
+    picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)[share]
     return _collate([data[int(i)] for i in picks])
 
 
@@ -455,19 +532,48 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     """Run (or resume) training; returns a summary with the final checkpoint path.
 
     `on_log`, if given, receives each logged row (step, loss, lr, grad_norm, elapsed_s, steps_per_s), e.g. to
-    redraw a live plot in a notebook.
+    redraw a live plot in a notebook (in a torchrun launch, on rank 0 only).
+
+    Under `torchrun --nproc_per_node N` (or `accelerate launch`) each process trains on its share of every batch with
+    DistributedDataParallel; the run is the same as in one process up to float rounding, and rank 0 alone writes.
     """
+    procs, device = start_processes(cfg.device)
+    if procs.world == 1:
+        return _train(cfg, procs, device, on_log)
+    import signal
+
+    import torch.distributed as dist
+
+    def stopped_by_launcher(signum, frame):  # torchrun stops the others when one process fails
+        raise LaunchError("the launcher stopped this process")
+
+    previous = signal.signal(signal.SIGTERM, stopped_by_launcher)
+    try:
+        return _train(cfg, procs, device, on_log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig, procs: Processes, device: torch.device, on_log: Callable[[dict[str, float]], None] | None
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
     from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
 
-    device = pick_device(cfg.device)
     cfg = cfg.resolved(device)
+    if cfg.batch_size % procs.world:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} does not split evenly among {procs.world} processes: choose a multiple of "
+            f"{procs.world} (it is the whole step's batch; each process takes batch_size / {procs.world})."
+        )
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // procs.local_world))
 
     reader = LeRobotDatasetReader(cfg.dataset)
     resume_from = latest_checkpoint(run)
@@ -512,6 +618,12 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
+    if len(data) < procs.world:
+        raise ValueError(f"{cfg.dataset} has {len(data)} training frames, fewer than the {procs.world} processes "
+                         f"launched: launch at most {len(data)}.")
+    _check_same_everywhere(procs, {"settings": _jsonable(asdict(cfg)), "frames": len(data),
+                                   "stats": {k: {s: v.tolist() for s, v in d.items()} for k, d in data_stats.items()},
+                                   "resume_from": str(resume_from)}, device)
     start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
     warmup_pool = mean_state = None
     if cfg.camera_warmup_steps > 0:
@@ -526,6 +638,15 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
+    model: torch.nn.Module = policy  # what the step calls: wrapped for data-parallel training under torchrun
+    if procs.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    share_size = cfg.batch_size // procs.world
+    share = slice(procs.rank * share_size, (procs.rank + 1) * share_size)  # this process's frames of each batch
+    rows = slice(share.start * cfg.noise_samples, share.stop * cfg.noise_samples)  # and their noise draws
+    launch = {"processes": procs.world, "batch_per_process": share_size, "device": device.type}
     ema = WeightAverage(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start = 0
     if resume_from is not None:
@@ -545,33 +666,36 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             ema.load_raw(tensors, resume_from / "training_state.safetensors")
 
     log_path = run / "loss.csv"
-    _truncate_log(log_path, start)
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["step", "loss", "lr", "grad_norm", "elapsed_s", "steps_per_s"])
     elapsed_before = _elapsed_at(log_path, start)
+    log_file = _open_log(log_path, start) if procs.main else None
+    writer = csv.writer(log_file) if log_file else None
 
     t0 = time.perf_counter()
     step = start
     last_saved = start
     recent: list[float] = []
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (cfg.progress and procs.main))
     try:
         while step < min(cfg.steps, cfg.stop_at or cfg.steps):
-            if cfg.max_minutes is not None and elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes:
-                break
+            if cfg.max_minutes is not None:  # every process stops at the same step: the first to run out decides
+                over = elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes
+                if _all_sum(torch.tensor([float(over)], device=device), procs).item() > 0:
+                    break
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state)
-            torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times
+            batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state, share)
+            torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times, drawn for the whole batch
+            noise, flow_time = policy.model.draw_flow_noise(cfg.batch_size * cfg.noise_samples, device)
+            # Divide by the whole batch's weight (over the processes): their averaged gradients are the batch's.
+            weight_total = _all_sum(policy.loss_weights(batch, cfg.played_weight).sum().to(device), procs) / procs.world
             with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision else contextlib.nullcontext():
-                loss, _ = policy(batch, noise_samples=cfg.noise_samples, played_weight=cfg.played_weight)
-            if not torch.isfinite(loss):
+                loss, _ = model(batch, noise=noise[rows], time=flow_time[rows], noise_samples=cfg.noise_samples,
+                                played_weight=cfg.played_weight, weight_total=weight_total)
+            loss_all = _all_sum(loss.detach(), procs) / procs.world  # the whole batch's loss
+            if not torch.isfinite(loss_all):
                 raise FloatingPointError(
-                    f"The loss became {loss.item()} at step {step}. The last checkpoint "
+                    f"The loss became {loss_all.item()} at step {step}. The last checkpoint "
                     f"({latest_checkpoint(run)}) is intact; lower --lr and resume."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -581,33 +705,49 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
             if ema is not None:
                 ema.update(step - cfg.camera_warmup_steps if step >= cfg.camera_warmup_steps else step)
             step += 1
-            recent.append(loss.item())
+            recent.append(loss_all.item())
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = elapsed_before + time.perf_counter() - t0
                 rate = (step - start) / max(1e-9, time.perf_counter() - t0)
                 row = {"step": step, "loss": float(np.mean(recent)), "lr": lr, "grad_norm": float(grad_norm),
                        "elapsed_s": elapsed, "steps_per_s": rate}
-                writer.writerow([step, f"{row['loss']:.6f}", f"{lr:.3e}", f"{row['grad_norm']:.4f}",
-                                 f"{elapsed:.2f}", f"{rate:.3f}"])
-                log_file.flush()
-                if on_log is not None:
-                    on_log(row)
+                if writer is not None:
+                    writer.writerow([step, f"{row['loss']:.6f}", f"{lr:.3e}", f"{row['grad_norm']:.4f}",
+                                     f"{elapsed:.2f}", f"{rate:.3f}"])
+                    log_file.flush()
+                    if on_log is not None:
+                        on_log(row)
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
                 recent = []
             if step % cfg.save_every == 0:
-                save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema)
+                if procs.main:
+                    save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema, launch)
+                    plot_loss(log_path, run / "loss.png")
                 last_saved = step
-                plot_loss(log_path, run / "loss.png")
+    except Exception as exc:
+        if procs.world > 1 and (isinstance(exc, LaunchError) or _is_lost_peer(exc)):
+            raise LaunchError(
+                f"rank {procs.rank}: another process of this launch stopped at step {step} ({exc}). Checkpoints up to "
+                f"{latest_checkpoint(run)} are intact; fix the cause (that process's output says it) and run the same "
+                f"command again to resume."
+            ) from exc
+        raise
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
         # The decoded frames can be gigabytes: hand them back now, not when the garbage collector gets round
         # to it, so that a caller running train() again (or evaluating) has the memory.
         reader.clear_cache()
-    if step != last_saved:
-        save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema)
-    plot_loss(log_path, run / "loss.png")
+    if procs.main:
+        if step != last_saved:
+            save_checkpoint(run, step, policy, optimizer, cfg, dataset_info, ema, launch)
+        plot_loss(log_path, run / "loss.png")
+    if procs.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process returns once the last checkpoint is on disk
     return {
         "checkpoint": str(latest_checkpoint(run)),
         "steps": step,
@@ -615,6 +755,28 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
         "train_seconds": elapsed_before + time.perf_counter() - t0,
         "loss_log": str(log_path),
     }
+
+
+def _open_log(path: Path, start: int):
+    """The loss log for appending, rows after `start` (a resumed run logs them again) dropped, header written."""
+    _truncate_log(path, start)
+    new = not path.exists()
+    log_file = open(path, "a", newline="")
+    if new:
+        csv.writer(log_file).writerow(["step", "loss", "lr", "grad_norm", "elapsed_s", "steps_per_s"])
+    return log_file
+
+
+def _is_lost_peer(exc: BaseException) -> bool:
+    """Whether a collective failed because another process of the launch went away (gloo, NCCL, the store)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        word in text for word in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl")
+    )
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -658,5 +820,5 @@ def plot_loss(log_path: Path, out: Path) -> Path | None:
 
 
 __all__ = [
-    "TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
+    "LaunchError", "TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
 ]

@@ -53,29 +53,42 @@ class SmolVLAPolicy(nn.Module):
     # -- training ---------------------------------------------------------------------------------
     def forward(
         self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1,
-        played_weight: float = 1.0,
+        played_weight: float = 1.0, weight_total: Tensor | float | None = None,
     ):
         """Flow-matching loss on a batch -> (loss, info). Cropped to the real action dims, padding masked.
 
         `batch` holds the observation keys plus `"action"` (B, T, A) and optionally `"action_is_pad"` (B, T).
         `noise_samples` > 1 averages that many noise draws per frame over one pass of the VLM (`SmolVLAModel.loss`).
         `played_weight` weighs the first `n_action_steps` actions of the chunk, the ones the policy plays, against
-        the rest (1: all alike).
+        the rest (1: all alike). `weight_total` is what the weighted sum is divided by (times A): by default this
+        batch's total weight; data-parallel training passes the whole global batch's total over the number of
+        processes, so that the processes' averaged gradients are exactly the global batch's.
         """
         device = self.device
         inputs = self.processor.preprocess(batch, device)
-        actions, is_pad = self.processor.prepare_actions(batch, device)
+        actions, _ = self.processor.prepare_actions(batch, device)
         losses = self.model.loss(  # (B, T, 32)
             **inputs, actions=actions, noise=noise, time=time, noise_samples=noise_samples
         )
         losses = losses[:, :, : self.config.action_dim]  # padded dims are not the model's job
-        B, T, A = losses.shape
-        weights = torch.ones(B, T, device=losses.device)  # (B, T)
-        weights[:, : self.config.n_action_steps] = played_weight
-        if is_pad is not None:
-            weights = weights * ~is_pad  # steps past the episode end carry no target
-        loss = (losses * weights[:, :, None]).sum() / (weights.sum() * A).clamp_min(1e-12)
+        weights = self.loss_weights(batch, played_weight).to(losses.device)  # (B, T)
+        total = weights.sum() if weight_total is None else torch.as_tensor(weight_total, device=losses.device)
+        loss = (losses * weights[:, :, None]).sum() / (total * losses.shape[2]).clamp_min(1e-12)
         return loss, {"loss": loss.item()}
+
+    def loss_weights(self, batch: Mapping[str, Any], played_weight: float = 1.0) -> Tensor:
+        """(B, T) weight of each action of each chunk in the loss: `played_weight` for the first `n_action_steps`,
+        1 for the rest, 0 past the episode's end (`"action_is_pad"`)."""
+        B, T = len(batch["action"]), self.config.chunk_size
+        weights = torch.ones(B, T)
+        weights[:, : self.config.n_action_steps] = played_weight
+        is_pad = batch.get("action_is_pad")
+        if is_pad is not None:
+            is_pad = torch.as_tensor(is_pad).bool().cpu()
+            if is_pad.shape != (B, T):
+                raise ValueError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {(B, T)}.")
+            weights = weights * ~is_pad  # steps past the episode end carry no target
+        return weights
 
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()

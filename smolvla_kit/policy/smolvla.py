@@ -634,6 +634,13 @@ class SmolVLAModel(nn.Module):
         return cache, mask_to_bias(mask), positions
 
     # -- training ------------------------------------------------------------------------------
+    def draw_flow_noise(self, rows: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """A training step's random draws, from torch's global generator: noise (rows, T, A_max) and flow times
+        (rows,) from Beta(1.5, 1), which leans towards t=1 (noisier inputs), kept away from 0."""
+        noise = torch.randn(rows, self.config.chunk_size, self.config.max_action_dim, device=device)
+        beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+        return noise, (beta.sample((rows,)) * 0.999 + 0.001).to(device)
+
     def loss(
         self, images, img_masks, lang_tokens, lang_masks, state, actions: Tensor,
         noise: Tensor | None = None, time: Tensor | None = None, noise_samples: int = 1,
@@ -653,11 +660,10 @@ class SmolVLAModel(nn.Module):
             if given is not None and given.shape[0] != targets.shape[0]:
                 rows = targets.shape[0]
                 raise ValueError(f"{name} has {given.shape[0]} rows; with noise_samples={K} it needs batch x {K} = {rows}.")
-        if noise is None:
-            noise = torch.randn_like(targets)
-        if time is None:  # Beta(1.5, 1) leans towards t=1 (noisier inputs), kept away from 0
-            beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
-            time = (beta.sample((targets.shape[0],)) * 0.999 + 0.001).to(actions.device)
+        if noise is None or time is None:
+            drawn_noise, drawn_time = self.draw_flow_noise(targets.shape[0], actions.device)
+            noise = drawn_noise if noise is None else noise
+            time = drawn_time if time is None else time
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * targets
         u_t = noise - targets
