@@ -124,6 +124,13 @@ class TrainConfig:
     the moving average and the loss in float32. None: on where it is fast (a CUDA GPU with bfloat16, a CPU with
     AVX512-BF16 or AMX: 1.28-1.35x the steps per second on one thread, benchmarks/results/policy_speed.json), off
     elsewhere (slower on CPUs without those instructions; Apple's MPS)."""
+    frozen_dtype: str = "float32"
+    """Hold the policy's frozen weights (with `init_from` and SmolVLA's `train_expert_only`, the whole SmolVLM
+    backbone) in "bfloat16": half their memory and no casting each step. Needs `mixed_precision`; for GPUs."""
+    loader_workers: int = 0
+    """Processes that read and decode the coming steps' frames while a step trains (DataLoader workers, with pinned
+    memory on CUDA). 0: the training loop reads them itself, which suits data whose decoded frames fit in memory
+    (the kit's simulated datasets); a real-arm recording too large for that wants 4-8 on a GPU machine."""
     seed: int = 0
     num_threads: int = 0
     """CPU threads for torch; 0 = every core (training is the machine's only job), shared out among the processes
@@ -185,6 +192,12 @@ class TrainConfig:
                 f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
                 f"{self.camera_warmup_steps} and {self.camera_warmup_frames}."
             )
+        if self.frozen_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"frozen_dtype must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}.")
+        if self.frozen_dtype == "bfloat16" and not self.mixed_precision:
+            raise ValueError("frozen_dtype bfloat16 needs mixed_precision (bfloat16 autocast): pass --mixed-precision.")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}.")
         if self.camera_warmup_steps and self.camera_warmup_steps >= self.steps:
             raise ValueError(
                 f"The camera warm-up ({self.camera_warmup_steps} steps) would take the whole run of {self.steps} "
@@ -482,19 +495,48 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def _training_batch(
-    data: Any, step: int, cfg: TrainConfig, start_pool: np.ndarray | None, warmup_pool: np.ndarray | None,
-    mean_state: torch.Tensor | None, share: slice = slice(None),
-) -> dict[str, Any]:
-    """This process's `share` of one step's batch: during the camera warm-up, episode starts with the state hidden
-    (see TrainConfig). The whole batch is drawn as in one process, so the shares of a launch are disjoint."""
-    if step < cfg.camera_warmup_steps:
-        picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, warmup_pool, 1.0)[share]
-        batch = _collate([data[int(i)] for i in picks])
-        batch["observation.state"] = mean_state.expand_as(batch["observation.state"]).clone()  # (B, state_dim)
+class StepBatches(torch.utils.data.Sampler):
+    """Which frames each step trains on, this process's share: a function of (seed, step) alone, so a resumed or
+    relaunched run draws the same batches. A DataLoader takes it as its batch sampler (`loader`), so that workers
+    can decode the frames of the coming steps while the current one trains.
+
+    During the camera warm-up a step's frames come from episode starts and `hide_state` replaces their joint
+    state by its dataset mean (see TrainConfig.camera_warmup_steps); then `start_share` of each batch comes from
+    the first `start_frames` frames and the rest from anywhere.
+    """
+
+    def __init__(
+        self, data: Any, cfg: TrainConfig, start: int = 0, share: slice = slice(None),
+        start_pool: np.ndarray | None = None, warmup_pool: np.ndarray | None = None,
+        mean_state: torch.Tensor | None = None,
+    ):
+        self.data, self.cfg, self.start, self.share = data, cfg, start, share
+        self.start_pool, self.warmup_pool, self.mean_state = start_pool, warmup_pool, mean_state
+
+    def indices(self, step: int) -> list[int]:
+        cfg = self.cfg
+        if step < cfg.camera_warmup_steps:
+            picks = _batch_indices(cfg.seed, step, len(self.data), cfg.batch_size, self.warmup_pool, 1.0)
+        else:
+            picks = _batch_indices(cfg.seed, step, len(self.data), cfg.batch_size, self.start_pool, cfg.start_share)
+        return picks[self.share].tolist()  # the whole batch is drawn as in one process: the shares are disjoint
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self.indices(step) for step in range(self.start, self.cfg.steps))
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.steps - self.start)
+
+    def hide_state(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
+        if step < self.cfg.camera_warmup_steps:
+            batch["observation.state"] = self.mean_state.expand_as(batch["observation.state"]).clone()  # (B, state)
         return batch
-    picks = _batch_indices(cfg.seed, step, len(data), cfg.batch_size, start_pool, cfg.start_share)[share]
-    return _collate([data[int(i)] for i in picks])
+
+    def loader(self, workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.data, batch_sampler=self, collate_fn=_collate, num_workers=workers, pin_memory=pin_memory,
+            prefetch_factor=2 if workers else None, persistent_workers=False,
+        )
 
 
 # What a run is: changing one of these and re-running into the same folder would make a different run. The
@@ -504,15 +546,17 @@ RUN_SETTINGS = (
     "dataset", "preset", "init_from", "steps", "batch_size", "lr", "warmup_steps", "min_lr_ratio",
     "adam_betas", "adam_eps", "weight_decay", "grad_clip", "start_share", "start_frames", "camera_warmup_steps",
     "camera_warmup_frames", "noise_samples", "played_weight", "seed", "camera_map", "episodes", "mixed_precision",
+    "frozen_dtype",
 )
 
 
 def _resume_differences(saved: dict[str, Any], cfg: TrainConfig, saved_stats: dict, data_stats: dict) -> list[str]:
     """What this run's settings and dataset statistics change about the run saved with `saved`, one line each."""
     now = _jsonable(asdict(cfg))
+    defaults = _jsonable(asdict(TrainConfig()))  # a setting added since the run was saved had its default then
     differ = []
     for name in RUN_SETTINGS:
-        old, new = saved.get(name), now.get(name)
+        old, new = saved.get(name, defaults.get(name)), now.get(name)
         if name == "dataset":
             same = old is not None and Path(old).resolve() == Path(new).resolve()
         else:
@@ -613,6 +657,11 @@ def _train(
         for line in differ:
             log.warning("continuing %s with a change: %s", run, line)
     policy.to(device)
+    if cfg.frozen_dtype == "bfloat16":  # the weights no step changes; autocast computes in bfloat16 anyway
+        with torch.no_grad():
+            for param in policy.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
     policy.train()
 
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
@@ -675,6 +724,8 @@ def _train(
     last_saved = start
     recent: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (cfg.progress and procs.main))
+    batches = StepBatches(data, cfg, start, share, start_pool, warmup_pool, mean_state)
+    coming = iter(batches.loader(cfg.loader_workers, pin_memory=device.type == "cuda"))
     try:
         while step < min(cfg.steps, cfg.stop_at or cfg.steps):
             if cfg.max_minutes is not None:  # every process stops at the same step: the first to run out decides
@@ -684,7 +735,7 @@ def _train(
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _training_batch(data, step, cfg, start_pool, warmup_pool, mean_state, share)
+            batch = batches.hide_state(next(coming), step)
             torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times, drawn for the whole batch
             noise, flow_time = policy.model.draw_flow_noise(cfg.batch_size * cfg.noise_samples, device)
             # Divide by the whole batch's weight (over the processes): their averaged gradients are the batch's.

@@ -389,15 +389,16 @@ def test_batches_can_favour_episode_starts(tmp_path, dataset):
 
 def test_camera_warmup_hides_the_state_on_episode_starts(tmp_path, dataset):
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader
-    from smolvla_kit.train import _training_batch, dataset_stats
+    from smolvla_kit.train import StepBatches, dataset_stats
 
     reader = LeRobotDatasetReader(dataset)
     data = ChunkDataset(reader, chunk_size=50)
     cfg = _train_cfg(dataset, tmp_path / "run", steps=4, camera_warmup_steps=2, camera_warmup_frames=3).resolved()
     mean = torch.as_tensor(dataset_stats(reader)["observation.state"]["mean"])
     pool = data.indices_before_frame(3)
-    for step in range(4):
-        batch = _training_batch(data, step, cfg, None, pool, mean)
+    batches = StepBatches(data, cfg, warmup_pool=pool, mean_state=mean)
+    for step, batch in enumerate(batches.loader(workers=1)):  # a worker process reads them, as on a GPU machine
+        batch = batches.hide_state(batch, step)
         hidden = bool((batch["observation.state"] == mean).all())
         if step < 2:
             assert hidden and all(int(t) < 3 for t in batch["frame_index"])
