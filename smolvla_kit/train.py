@@ -127,6 +127,11 @@ class TrainConfig:
     frozen_dtype: str = "float32"
     """Hold the policy's frozen weights (with `init_from` and SmolVLA's `train_expert_only`, the whole SmolVLM
     backbone) in "bfloat16": half their memory and no casting each step. Needs `mixed_precision`; for GPUs."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's MLP activations in the backward pass instead of keeping them: less memory (a larger
+    batch on a GPU) for some more compute; the gradients are the same."""
+    compile: bool = False
+    """Compile the training step's model with torch.compile (for GPUs; on the kit's CPUs eager was faster)."""
     loader_workers: int = 0
     """Processes that read and decode the coming steps' frames while a step trains (DataLoader workers, with pinned
     memory on CUDA). 0: the training loop reads them itself, which suits data whose decoded frames fit in memory
@@ -687,11 +692,14 @@ def _train(
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
+    policy.model.vlm_with_expert.gradient_checkpointing = cfg.gradient_checkpointing
     model: torch.nn.Module = policy  # what the step calls: wrapped for data-parallel training under torchrun
     if procs.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
     share_size = cfg.batch_size // procs.world
     share = slice(procs.rank * share_size, (procs.rank + 1) * share_size)  # this process's frames of each batch
     rows = slice(share.start * cfg.noise_samples, share.stop * cfg.noise_samples)  # and their noise draws

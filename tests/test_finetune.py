@@ -3,6 +3,7 @@ the GPU path (frozen backbone in bfloat16, loader workers) and a result that dep
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,36 @@ def test_loader_workers_train_the_same_run(tmp_path, dataset):
 def test_a_bfloat16_backbone_needs_autocast(tmp_path, dataset):
     with pytest.raises(ValueError, match="needs mixed_precision"):
         finetune(dataset, tmp_path / "run", mixed_precision=False, frozen_dtype="bfloat16")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(dataset):
+    from smolvla_kit.data import ChunkDataset
+    from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
+    from smolvla_kit.train import _collate
+
+    reader = LeRobotDatasetReader(dataset)
+    batch = _collate([ChunkDataset(reader, chunk_size=50)[i] for i in (0, 40, 80)])
+    torch.manual_seed(0)
+    policy = SmolVLAPolicy(SmolVLAConfig.preset("nano"), stats=dataset_stats(reader)).train()
+    grads = []
+    for checkpointing in (False, True):
+        policy.model.vlm_with_expert.gradient_checkpointing = checkpointing
+        policy.zero_grad()
+        torch.manual_seed(1)
+        loss, _ = policy(batch, noise_samples=2)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_compiled_and_checkpointed_training_follows_the_eager_run(tmp_path, dataset):
+    """torch.compile (a GPU option, slow to start on a CPU: about a minute here) and gradient checkpointing change how
+    the step is computed, not what it computes; both are recorded with the run."""
+    settings = dict(init_from=None, steps=2, mixed_precision=False, camera_warmup_steps=0)
+    eager = finetune(dataset, tmp_path / "eager", **settings)
+    compiled = finetune(dataset, tmp_path / "compiled", compile=True, gradient_checkpointing=True, **settings)
+    losses = [[float(r.split(",")[1]) for r in Path(s["loss_log"]).read_text().splitlines()[1:]] for s in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    recorded = json.loads((Path(compiled["checkpoint"]) / "training_state.json").read_text())["train_config"]
+    assert recorded["compile"] is True and recorded["gradient_checkpointing"] is True

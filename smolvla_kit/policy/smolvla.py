@@ -324,6 +324,7 @@ class SmolVLMWithExpert(nn.Module):
         self.lm_expert = build_expert(config, text_cfg, self.num_vlm_layers)
         self.num_expert_layers = len(self.lm_expert.layers)
         self.head_dim = text_cfg.head_dim
+        self.gradient_checkpointing = False  # see `_finish`; TrainConfig.gradient_checkpointing sets it
         # Expert layer j runs beside VLM layer j * (num_vlm / num_expert); other VLM layers have none.
         every = self.num_vlm_layers // self.num_expert_layers
         self.expert_at = [i // every if i % every == 0 else None for i in range(self.num_vlm_layers)]
@@ -475,9 +476,20 @@ class SmolVLMWithExpert(nn.Module):
         """(B, L, H*Dh) -> (B, L, H, Dh)."""
         return x.view(*x.shape[:-1], -1, self.head_dim)
 
+    def _finish(self, layer: nn.Module, x: Tensor, att: Tensor) -> Tensor:
+        """Llama block tail: x + o_proj(att), then x + MLP(norm(x)).
+
+        With `gradient_checkpointing` (training only) the tail's activations, the MLP's 4x-wide ones the largest of
+        a layer, are not kept for the backward pass but computed again there: less memory for a little more time.
+        """
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._block_tail, layer, x, att, use_reentrant=False)
+        return self._block_tail(layer, x, att)
+
     @staticmethod
-    def _finish(layer: nn.Module, x: Tensor, att: Tensor) -> Tensor:
-        """Llama block tail: x + o_proj(att), then x + MLP(norm(x))."""
+    def _block_tail(layer: nn.Module, x: Tensor, att: Tensor) -> Tensor:
         x = x + layer.self_attn.o_proj(att.to(layer.self_attn.o_proj.weight.dtype))
         return x + llama_mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, x))
 
