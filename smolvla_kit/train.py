@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -594,15 +595,20 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     import torch.distributed as dist
 
     def stopped_by_launcher(signum, frame):  # torchrun stops the others when one process fails
-        raise LaunchError("the launcher stopped this process")
+        _ignore_sigterm()  # once: nothing may interrupt the message below
+        raise LaunchError(
+            f"rank {procs.rank}: another process of this launch stopped, and the launcher stopped this one. The "
+            f"checkpoints already in {Path(cfg.out) / CHECKPOINTS} are intact; fix the cause (that process's output "
+            f"says it) and run the same command again to resume."
+        )
 
     previous = signal.signal(signal.SIGTERM, stopped_by_launcher)
-    try:
-        return _train(cfg, procs, device, on_log)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    summary = _train(cfg, procs, device, on_log)
+    # Only after a success: a failing process leaves the group to its exit (the group could wait on the lost
+    # process) and keeps ignoring the launcher's further SIGTERMs until its message is out.
+    dist.destroy_process_group()
+    signal.signal(signal.SIGTERM, previous)
+    return summary
 
 
 def _train(
@@ -785,7 +791,8 @@ def _train(
                     plot_loss(log_path, run / "loss.png")
                 last_saved = step
     except Exception as exc:
-        if procs.world > 1 and (isinstance(exc, LaunchError) or _is_lost_peer(exc)):
+        if procs.world > 1 and not isinstance(exc, LaunchError) and _is_lost_peer(exc):
+            _ignore_sigterm()  # the launcher is about to stop this process too; let it say why first
             raise LaunchError(
                 f"rank {procs.rank}: another process of this launch stopped at step {step} ({exc}). Checkpoints up to "
                 f"{latest_checkpoint(run)} are intact; fix the cause (that process's output says it) and run the same "
@@ -824,6 +831,13 @@ def _open_log(path: Path, start: int):
     if new:
         csv.writer(log_file).writerow(["step", "loss", "lr", "grad_norm", "elapsed_s", "steps_per_s"])
     return log_file
+
+
+def _ignore_sigterm() -> None:
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _is_lost_peer(exc: BaseException) -> bool:
