@@ -237,9 +237,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from smolvla_kit.robot.feetech import FeetechError
     from smolvla_kit.robot.so101 import RobotError
     from smolvla_kit.train import LaunchError
+    from smolvla_kit.vocabulary import CameraMismatch
 
     return (FileNotFoundError, ValueError, FloatingPointError, DatasetError, PolicyServerError, ProtocolError,
-            CalibrationError, CameraError, FeetechError, RobotError, LaunchError)
+            CalibrationError, CameraError, FeetechError, RobotError, LaunchError, CameraMismatch)
 
 
 def main(argv: list[str] | None = None) -> int:

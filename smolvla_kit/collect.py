@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.vocabulary import ACTION_KEY, CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
+
 VALIDATION_SEED_START = 10_000_000
 HELD_OUT_SEED_START = 20_000_000
 SEEDS_PER_EPISODE = 1000
@@ -144,11 +146,11 @@ def record_episode(
 
     expert = ScriptedExpert(env, noise_deg=noise_deg, seed=seed)
     obs, info = env.reset(seed=seed, options={"target_color": target_color} if target_color else None)
-    image_keys = [k for k in obs if k.startswith("observation.images.")]
+    image_keys = [k for k in obs if k.startswith(IMAGE_PREFIX)]
     states, actions, images = [], [], {k: [] for k in image_keys}
     while True:
         step = expert.act()
-        states.append(obs["observation.state"])
+        states.append(obs[STATE_KEY])
         actions.append(step.label.astype(np.float32))
         for key in image_keys:
             images[key].append(obs[key])
@@ -252,7 +254,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     cfg.check()
     _check_settings(Path(cfg.out), cfg)
     features = so101_features(cameras={"front": (cfg.image_size,) * 2, "wrist": (cfg.image_size,) * 2})
-    writer = LeRobotDatasetWriter(cfg.out, fps=30, robot_type="so101_follower", features=features)
+    writer = LeRobotDatasetWriter(cfg.out, fps=CONTROL_HZ, robot_type="so101_follower", features=features)
     start = writer.num_episodes
     todo = list(range(start, cfg.episodes))
     summary: dict[str, Any] = {"dataset": str(cfg.out), "resumed_at": start, "recorded": 0, "failed_attempts": 0}
@@ -272,7 +274,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                             f"the task settings (task={cfg.task}, num_cubes={cfg.num_cubes}) may be unsolvable."
                         )
                     for t in range(len(rec.actions)):
-                        frame = {"observation.state": rec.states[t], "action": rec.actions[t], "task": rec.task}
+                        frame = {STATE_KEY: rec.states[t], ACTION_KEY: rec.actions[t], "task": rec.task}
                         for key, frames in rec.images.items():
                             frame[key] = frames[t]
                         writer.add_frame(frame)

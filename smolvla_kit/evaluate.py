@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from smolvla_kit.collect import HELD_OUT_SEED_START, exit_with_parent
+from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
 
 @dataclass
@@ -117,13 +118,13 @@ def run_episode(
     grasped = False  # the named cube was held in both jaws at some point
     while True:
         if record_video:
-            frames.append(np.concatenate([obs[k] for k in obs if k.startswith("observation.images.")], axis=1))
+            frames.append(np.concatenate([obs[k] for k in obs if k.startswith(IMAGE_PREFIX)], axis=1))
         if record_denoising and denoising is None:
             chunk, trajectory = policy.predict_chunk(obs, return_trajectory=True)
             denoising = {
                 "trajectory": trajectory[:, 0].cpu(),  # (num_steps + 1, chunk, A)
-                "state": torch.as_tensor(obs["observation.state"]),
-                **{k: torch.as_tensor(v) for k, v in obs.items() if k.startswith("observation.images.")},
+                "state": torch.as_tensor(obs[STATE_KEY]),
+                **{k: torch.as_tensor(v) for k, v in obs.items() if k.startswith(IMAGE_PREFIX)},
             }
         action = policy.select_action(obs)[0].cpu().numpy()  # (A,)
         obs, _, done, truncated, info = env.step(action)
@@ -140,7 +141,7 @@ def run_episode(
         "grasped": grasped,
         "wrong_cube": any(env.is_success(c) for c in others) if env.task_name == "pick_place" else False,
         "steps": steps,
-        "seconds": steps / 30.0,
+        "seconds": steps / CONTROL_HZ,
     }
     if record_video:
         result["frames"] = frames
@@ -162,7 +163,7 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
     if len(seeds) < 2 or len(env.colors) < 2:
         raise ValueError("input_sensitivity needs at least two seeds and two cubes.")
     first = [env.reset(seed=s, options={"target_color": env.colors[0]})[0] for s in seeds]
-    image_keys = [k for k in first[0] if k.startswith("observation.images.")]
+    image_keys = [k for k in first[0] if k.startswith(IMAGE_PREFIX)]
     arm = slice(0, 5)  # the five arm joints; the gripper has its own units
     d_img, d_lang = [], []
     for i, s in enumerate(seeds):
@@ -263,7 +264,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             n = len(episodes)
             if "frames" in result:
                 path = out / f"rollout_{n:02d}.mp4"
-                encode_frames(path, np.stack(result.pop("frames")), fps=30)
+                encode_frames(path, np.stack(result.pop("frames")), fps=CONTROL_HZ)
                 result["video"] = path.name
             if "denoising" in result:
                 for key, value in result.pop("denoising").items():

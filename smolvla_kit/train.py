@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from smolvla_kit.vocabulary import ACTION_KEY, STATE_KEY
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
@@ -319,10 +321,10 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> 
 
 def dataset_stats(reader: Any) -> dict[str, dict[str, np.ndarray]]:
     """Mean/std of state and action from the dataset's `meta/stats.json` (a clear error naming it if missing)."""
-    stats = reader.meta.require_stats(["observation.state", "action"])
+    stats = reader.meta.require_stats([STATE_KEY, ACTION_KEY])
     return {
         key: {"mean": np.asarray(stats[key]["mean"], np.float32), "std": np.asarray(stats[key]["std"], np.float32)}
-        for key in ("observation.state", "action")
+        for key in (STATE_KEY, ACTION_KEY)
     }
 
 
@@ -535,7 +537,7 @@ class StepBatches(torch.utils.data.Sampler):
 
     def hide_state(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         if step < self.cfg.camera_warmup_steps:
-            batch["observation.state"] = self.mean_state.expand_as(batch["observation.state"]).clone()  # (B, state)
+            batch[STATE_KEY] = self.mean_state.expand_as(batch[STATE_KEY]).clone()  # (B, state)
         return batch
 
     def loader(self, workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
@@ -688,7 +690,7 @@ def _train(
     warmup_pool = mean_state = None
     if cfg.camera_warmup_steps > 0:
         warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames)
-        mean_state = torch.as_tensor(data_stats["observation.state"]["mean"])  # (state_dim,)
+        mean_state = torch.as_tensor(data_stats[STATE_KEY]["mean"])  # (state_dim,)
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,

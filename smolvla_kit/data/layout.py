@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from smolvla_kit.units import JOINT_NAMES
+from smolvla_kit.vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 # ----------------------------------------------------------------------------------------------------------------
 # Names and templates (the values LeRobot 0.6 uses)
@@ -55,9 +56,6 @@ DEFAULT_CHUNKS_SIZE = 1000  # files per chunk folder
 DEFAULT_DATA_FILES_SIZE_IN_MB = 100
 DEFAULT_VIDEO_FILES_SIZE_IN_MB = 200
 
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-IMAGE_PREFIX = "observation.images."
 
 # Columns every frame carries; the writer fills them in, so `add_frame` must not pass them.
 INDEX_FEATURES: dict[str, dict[str, Any]] = {

@@ -26,7 +26,8 @@ import warnings
 import numpy as np
 import torch
 
-from .layout import ACTION_KEY, INFO_PATH, STATE_KEY, DatasetError
+from ..vocabulary import ACTION_KEY, STATE_KEY
+from .layout import INFO_PATH, DatasetError
 from .reader import DatasetMeta, LeRobotDatasetReader, require_finite
 from .video import probe_video
 

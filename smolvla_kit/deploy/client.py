@@ -48,12 +48,11 @@ from smolvla_kit.deploy.protocol import (
     recv_message,
     send_message,
 )
+from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
 log = logging.getLogger("smolvla_kit.deploy.client")
 
-STATE_KEY = "observation.state"
 PING_EVERY_S = 3.0  # an idle connection sends a ping this often, well inside the server's idle timeout
-IMAGE_PREFIX = "observation.images."
 
 
 class PolicyServerError(RuntimeError):
@@ -248,7 +247,7 @@ class ClientConfig:
 
     mode: str = "async"
     """Either "async" (keep executing while the policy computes) or "sync" (wait for each chunk)."""
-    fps: float = 30.0
+    fps: float = CONTROL_HZ
     """Control rate: one action per tick."""
     chunk_size_threshold: float = 0.7
     """async: send a new observation when the queue holds <= this x chunk_size actions (the paper's g)."""

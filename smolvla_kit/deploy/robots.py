@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-STATE_KEY = "observation.state"
-IMAGE_PREFIX = "observation.images."
+from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY, camera_key, camera_name
+
 SIM_CAMERAS = ("front", "wrist")
 
 
@@ -71,7 +71,7 @@ def checkpoint_cameras(checkpoint: Path) -> list[str]:
         raise FileNotFoundError(f"cannot read {cfg_file}: {e}") from e
     if "kit_format" in raw:
         names = raw["config"]["camera_names"]
-        return [n if n.startswith("observation.") else IMAGE_PREFIX + n for n in names]
+        return [camera_key(n) for n in names]
     features = raw.get("input_features", {})
     return [k for k in features if k.startswith(IMAGE_PREFIX)]
 
@@ -107,7 +107,7 @@ def virtual_follower(camera_keys: Sequence[str], image_size: int = 128, sim_task
     from smolvla_kit.robot.so101 import SO101Follower
     from smolvla_kit.robot.virtual_arm import VirtualCamera, VirtualSO101
 
-    names = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in camera_keys]
+    names = [camera_name(k) for k in camera_keys]
     unknown = [n for n in names if n not in SIM_CAMERAS]
     if unknown:
         raise ValueError(

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from smolvla_kit.vocabulary import CONTROL_HZ
+
 log = logging.getLogger("smolvla_kit.deploy")
 
 
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=int, default=1, help="episodes to run (default: 1)")
     ap.add_argument("--task", default=None, help="instruction, e.g. 'put the red cube in the bin' (required on a real "
                     "arm; on the virtual arm it picks the cube by colour, default: the simulator's own)")
-    ap.add_argument("--fps", type=float, default=30.0, help="control rate (default: 30, as in training)")
+    ap.add_argument("--fps", type=float, default=CONTROL_HZ, help=f"control rate (default: {CONTROL_HZ}, as in training)")
     ap.add_argument("--max-relative-target", default="15",
                     help="largest move per action, degrees: one number, 6 comma-separated, or 'none' (default: 15)")
     ap.add_argument("--episode-time-s", type=float, default=30.0, help="episode time limit, seconds (default: 30)")

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from smolvla_kit.deploy.protocol import PROTOCOL_VERSION, message
+from smolvla_kit.vocabulary import STATE_KEY, CameraMismatch, camera_name, match_cameras
 
 log = logging.getLogger("smolvla_kit.deploy.service")
 
-STATE_KEY = "observation.state"
 
 
 @dataclass
@@ -101,7 +101,8 @@ class PolicyService:
         }
 
     def check_features(self, features: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """Compare what the robot will send with what the policy was trained on; raise FeatureMismatch."""
+        """Compare what the robot will send with what the policy was trained on; raise FeatureMismatch (or
+        CameraMismatch for the cameras)."""
         cfg = self.policy.config
         where = f"the policy ({self.checkpoint})" if self.checkpoint else "the policy"
         state_dim = features.get("state_dim")
@@ -115,15 +116,10 @@ class PolicyService:
         shapes = features.get("image_shapes")
         if not isinstance(shapes, dict):
             raise FeatureMismatch("hello.features.image_shapes must be a map camera key -> [H, W, 3]")
-        expected, given = list(cfg.image_keys), list(shapes)
-        missing = [k for k in expected if k not in shapes]
-        unexpected = [k for k in given if k not in expected]
-        if missing or unexpected:
-            raise FeatureMismatch(
-                f"camera keys do not match: the robot sends {given}, {where} was trained with {expected} "
-                f"(missing {missing}, unexpected {unexpected}). Name the robot's cameras after the policy's "
-                f"(e.g. `--cameras front=0,wrist=2` for {', '.join(k.rsplit('.', 1)[-1] for k in expected)})."
-            )
+        expected = list(cfg.image_keys)
+        match_cameras(expected, shapes, given_by="the robot sends", expected_by=f"{where} was trained with",
+                      hint=f"Name the robot's cameras after the policy's (e.g. `--cameras "
+                           f"{','.join(f'{camera_name(k)}={i}' for i, k in enumerate(expected))}`).")
         out = {}
         for key, shape in shapes.items():
             if (
@@ -170,7 +166,7 @@ class PolicyService:
             return message("error", code="features", message=f"mode must be 'sync' or 'async', got {msg['mode']!r}")
         try:
             self.image_shapes = self.check_features(msg["features"])
-        except FeatureMismatch as e:
+        except (FeatureMismatch, CameraMismatch) as e:
             log.error("refusing client %s: %s", msg["client"], e)
             return message("error", code="features", message=str(e))
         self._last_state = None

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 from .config import SMOLVLM2_500M_CONFIG, SMOLVLM2_500M_ID, SmolVLAConfig
 
 KIT_FORMAT = 1
@@ -260,15 +261,15 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
             shape = feature.get("shape")
             if not isinstance(shape, list) or not shape or not all(isinstance(n, int) for n in shape):
                 raise ValueError(f"'{name}'['{key}']['shape'] must be a list of whole numbers, got {shape!r}.")
-    if "observation.state" not in inputs or "action" not in outputs:
+    if STATE_KEY not in inputs or ACTION_KEY not in outputs:
         raise ValueError(
-            f"LeRobot config {folder / 'config.json'} must list 'observation.state' in input_features and 'action' in "
+            f"LeRobot config {folder / 'config.json'} must list {STATE_KEY!r} in input_features and {ACTION_KEY!r} in "
             f"output_features (has inputs {sorted(inputs)}, outputs {sorted(outputs)})."
         )
-    values["state_dim"] = int(inputs["observation.state"]["shape"][-1])
-    values["action_dim"] = int(outputs["action"]["shape"][-1])
+    values["state_dim"] = int(inputs[STATE_KEY]["shape"][-1])
+    values["action_dim"] = int(outputs[ACTION_KEY]["shape"][-1])
     values["camera_names"] = [
-        k for k, f in inputs.items() if f.get("type") == "VISUAL" and not k.startswith("observation.images.empty_camera_")
+        k for k, f in inputs.items() if f.get("type") == "VISUAL" and not k.startswith(IMAGE_PREFIX + "empty_camera_")
     ]
     resize = raw.get("resize_imgs_with_padding")
     if resize:
@@ -380,7 +381,7 @@ def lerobot_stats(folder: Path, weights: dict[str, torch.Tensor]) -> dict[str, d
         for prefix in ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."):
             if key.startswith(prefix + "buffer_"):
                 buffer, stat = key[len(prefix) + len("buffer_"):].rsplit(".", 1)
-                feature = {"observation_state": "observation.state", "action": "action"}.get(buffer)
+                feature = {"observation_state": STATE_KEY, "action": ACTION_KEY}.get(buffer)
                 if feature is not None:
                     stats.setdefault(feature, {}).setdefault(stat, tensor)
     return stats or None

@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..vocabulary import camera_key
+
 SMOLVLM2_500M_ID = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 
 # Architecture of SmolVLM2-500M-Video-Instruct (from its Hub config.json). These are the numbers
@@ -237,7 +239,7 @@ class SmolVLAConfig:
     @property
     def image_keys(self) -> list[str]:
         """Batch keys of the cameras, in prefix order."""
-        return [n if n.startswith("observation.") else f"observation.images.{n}" for n in self.camera_names]
+        return [camera_key(n) for n in self.camera_names]
 
     @property
     def vlm_width(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..vocabulary import ACTION_KEY
 from .config import SmolVLAConfig
 from .processing import Normalizer, SmolVLAProcessor
 from .smolvla import SmolVLAModel
@@ -79,7 +80,7 @@ class SmolVLAPolicy(nn.Module):
     def loss_weights(self, batch: Mapping[str, Any], played_weight: float = 1.0) -> Tensor:
         """(B, T) weight of each action of each chunk in the loss: `played_weight` for the first `n_action_steps`,
         1 for the rest, 0 past the episode's end (`"action_is_pad"`)."""
-        B, T = len(batch["action"]), self.config.chunk_size
+        B, T = len(batch[ACTION_KEY]), self.config.chunk_size
         weights = torch.ones(B, T)
         weights[:, : self.config.n_action_steps] = played_weight
         is_pad = batch.get("action_is_pad")

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, match_cameras
 from .config import SmolVLAConfig
 
-STATE = "observation.state"
-ACTION = "action"
 # Which statistics each normalisation mode needs (LeRobot's names).
 STATS_FOR_MODE = {
     "IDENTITY": (),
@@ -68,7 +67,7 @@ class Normalizer(nn.Module):
         raise on first use, with `source` in the message.
         """
         self.source = source
-        for feature, key in (("state", STATE), ("action", ACTION)):
+        for feature, key in (("state", STATE_KEY), ("action", ACTION_KEY)):
             needed = STATS_FOR_MODE[self.modes[feature]]
             if not needed:
                 continue
@@ -96,7 +95,7 @@ class Normalizer(nn.Module):
     def stats_dict(self) -> dict[str, dict[str, Tensor]]:
         """The statistics as `{"observation.state": {"mean": ...}, "action": {...}}`."""
         out: dict[str, dict[str, Tensor]] = {}
-        for feature, key in (("state", STATE), ("action", ACTION)):
+        for feature, key in (("state", STATE_KEY), ("action", ACTION_KEY)):
             for stat in STATS_FOR_MODE[self.modes[feature]]:
                 out.setdefault(key, {})[stat] = getattr(self, f"{feature}_{stat}").detach().clone()
         return out
@@ -106,7 +105,7 @@ class Normalizer(nn.Module):
         values = [getattr(self, f"{feature}_{s}") for s in STATS_FOR_MODE[mode]]
         for s, v in zip(STATS_FOR_MODE[mode], values):
             if v.device.type != "meta" and torch.isnan(v).any():
-                key = STATE if feature == "state" else ACTION
+                key = STATE_KEY if feature == "state" else ACTION_KEY
                 raise RuntimeError(
                     f"No normalisation stats for {key!r} ({mode} needs {s!r}). Build the policy with "
                     f"stats={{'{key}': {{...}}}} (your dataset's), load a checkpoint that has them, or set "
@@ -224,34 +223,29 @@ class SmolVLAProcessor:
         cfg = self.config
         if self.rename_map:
             obs = {self.rename_map.get(k, k): v for k, v in obs.items()}
-        if STATE not in obs:
-            raise KeyError(f"Observation lacks {STATE!r} (expected shape (B, {cfg.state_dim}) or ({cfg.state_dim},)).")
-        state = as_tensor(obs[STATE], dtype=torch.float32)
+        if STATE_KEY not in obs:
+            raise KeyError(f"Observation lacks {STATE_KEY!r} (expected shape (B, {cfg.state_dim}) or ({cfg.state_dim},)).")
+        state = as_tensor(obs[STATE_KEY], dtype=torch.float32)
         if state.ndim == 3:  # (B, T, S): the latest step
             state = state[:, -1]
         if state.ndim == 1:
             state = state[None]
         if state.ndim != 2 or state.shape[1] != cfg.state_dim:
             raise ValueError(
-                f"{STATE!r} has shape {tuple(state.shape)}; expected (B, {cfg.state_dim}) or ({cfg.state_dim},)."
+                f"{STATE_KEY!r} has shape {tuple(state.shape)}; expected (B, {cfg.state_dim}) or ({cfg.state_dim},)."
             )
         B = state.shape[0]
 
         # Cameras: exactly the configured ones, in config order.
         expected = cfg.image_keys
-        given = [k for k in obs if k.startswith("observation.image") and not k.endswith(("_padding_mask", "_is_pad"))]
-        unknown = [k for k in given if k not in expected]
-        missing = [k for k in expected if k not in obs]
-        if unknown or missing:
-            raise KeyError(
-                f"Camera keys do not match the policy: missing {missing}, unexpected {unknown}. "
-                f"Expected exactly {expected}, each (B, 3, H, W) float in [0,1] or (B, H, W, 3) uint8."
-            )
+        given = [k for k in obs if (k in expected or k.startswith(IMAGE_PREFIX)) and not k.endswith(("_padding_mask", "_is_pad"))]
+        match_cameras(expected, given, given_by="the observation has", expected_by="the policy takes",
+                      hint="Each is (B, 3, H, W) float in [0,1] or (B, H, W, 3) uint8.")
         images, masks = [], []
         for key in expected:
             img = to_float_chw(obs[key], key).to(device)
             if img.shape[0] != B:
-                raise ValueError(f"{key!r} has batch size {img.shape[0]} but {STATE!r} has {B}.")
+                raise ValueError(f"{key!r} has batch size {img.shape[0]} but {STATE_KEY!r} has {B}.")
             if cfg.resize_imgs_with_padding:
                 img = resize_with_pad(img, cfg.image_size)
             images.append(img * 2.0 - 1.0)
@@ -281,12 +275,12 @@ class SmolVLAProcessor:
     def prepare_actions(self, batch: Mapping[str, Any], device) -> tuple[Tensor, Tensor | None]:
         """Training targets: normalised actions zero-padded to (B, T, 32), and the (B, T) padding flags."""
         cfg = self.config
-        if ACTION not in batch:
-            raise KeyError(f"Training batch lacks {ACTION!r} of shape (B, {cfg.chunk_size}, {cfg.action_dim}).")
-        actions = as_tensor(batch[ACTION], dtype=torch.float32).to(device)
+        if ACTION_KEY not in batch:
+            raise KeyError(f"Training batch lacks {ACTION_KEY!r} of shape (B, {cfg.chunk_size}, {cfg.action_dim}).")
+        actions = as_tensor(batch[ACTION_KEY], dtype=torch.float32).to(device)
         if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
             raise ValueError(
-                f"{ACTION!r} has shape {tuple(actions.shape)}; expected (B, {cfg.chunk_size}, {cfg.action_dim})."
+                f"{ACTION_KEY!r} has shape {tuple(actions.shape)}; expected (B, {cfg.chunk_size}, {cfg.action_dim})."
             )
         actions = F.pad(self.normalizer.normalize(actions, "action"), (0, cfg.max_action_dim - cfg.action_dim))
         is_pad = batch.get("action_is_pad")

@@ -60,11 +60,10 @@ from smolvla_kit.robot.feetech import (
     FeetechBus,
 )
 from smolvla_kit.units import JOINT_LIMITS, JOINT_NAMES, NUM_JOINTS, check_joint_vector
+from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "observation.state"
-IMAGE_KEY_PREFIX = "observation.images."
 
 
 class RobotError(RuntimeError):
@@ -444,7 +443,7 @@ class SO101Follower:
         """{"observation.state": (6,) float32, "observation.images.<camera>": (H, W, 3) uint8 RGB}."""
         obs = {STATE_KEY: self.read_state().astype(np.float32)}
         for name, cam in self.cameras.items():
-            obs[IMAGE_KEY_PREFIX + name] = cam.read()
+            obs[IMAGE_PREFIX + name] = cam.read()
         return obs
 
     def send_action(self, action: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -489,4 +488,4 @@ def run_calibrate(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["IMAGE_KEY_PREFIX", "RobotError", "SO101Follower", "STATE_KEY", "apply_safety", "run_calibrate"]
+__all__ = ["RobotError", "SO101Follower", "apply_safety", "run_calibrate"]

@@ -29,8 +29,8 @@ import numpy as np
 
 from smolvla_kit.sim.scene import CUBE_COLORS, CUBE_HALF_SIZE, SceneConfig, build_model
 from smolvla_kit.units import JOINT_LIMITS, JOINT_NAMES, check_joint_vector, joints_to_radians, radians_to_joints
+from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
-CONTROL_HZ = 30
 CAMERAS = ("front", "wrist")
 REACH_DISTANCE = 0.025  # m, fingertip to cube centre: the cube's half size plus about a centimetre
 BIN_INNER_HALF = 0.045  # m, inside half width of the bin
@@ -179,10 +179,10 @@ class SO101Env(gym.Env):
         self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
         # Measured joints can overshoot a limit slightly (soft constraints), so the state space has a margin.
         spaces: dict[str, gym.Space] = {
-            "observation.state": gym.spaces.Box(low=low - 10.0, high=high + 10.0, dtype=np.float32),
+            STATE_KEY: gym.spaces.Box(low=low - 10.0, high=high + 10.0, dtype=np.float32),
         }
         for cam in self.cameras:
-            spaces[f"observation.images.{cam}"] = gym.spaces.Box(
+            spaces[IMAGE_PREFIX + cam] = gym.spaces.Box(
                 0, 255, (self.image_size, self.image_size, 3), dtype=np.uint8
             )
         spaces["task"] = gym.spaces.Text(max_length=256, charset=string.printable)
@@ -348,9 +348,9 @@ class SO101Env(gym.Env):
     # Internals
 
     def _observation(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {"observation.state": self.joint_state().astype(np.float32)}
+        obs: dict[str, Any] = {STATE_KEY: self.joint_state().astype(np.float32)}
         for cam in self.cameras:
-            obs[f"observation.images.{cam}"] = self.render_camera(cam)
+            obs[IMAGE_PREFIX + cam] = self.render_camera(cam)
         obs["task"] = self.instruction
         return obs
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from smolvla_kit.units import JOINT_NAMES
+from smolvla_kit.vocabulary import CONTROL_HZ
 
 
 def _plt():
@@ -84,7 +85,7 @@ def plot_chunks_over_time(
     executed: Any | None = None,
     n_action_steps: int | None = None,
     joint_names: Sequence[str] = JOINT_NAMES,
-    fps: float = 30.0,
+    fps: float = CONTROL_HZ,
     title: str = "Predicted chunks over an episode",
 ):
     """Each predicted chunk drawn from the control step it was predicted at.
@@ -164,7 +165,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_action_queue(runs: dict[str, Any], fps: float = 30.0, title: str = "Action queue over an episode"):
+def plot_action_queue(runs: dict[str, Any], fps: float = CONTROL_HZ, title: str = "Action queue over an episode"):
     """Queue length against time for each run (e.g. {"sync": stats, "async": stats}), with the moments an
     observation was sent (triangles) and a chunk arrived (dots).
 
