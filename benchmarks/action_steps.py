@@ -66,12 +66,12 @@ def main() -> None:
     args = parser.parse_args()
     values = args.values or SETTINGS[args.setting]
 
-    from smolvla_kit.evaluate import resolve_checkpoint
+    from smolvla_kit import runs
 
     labels = args.labels or args.checkpoint
     if len(labels) != len(args.checkpoint):
         parser.error(f"--labels names {len(labels)} checkpoints, --checkpoint gives {len(args.checkpoint)}")
-    jobs = [(label, str(resolve_checkpoint(c)), args.setting, n, args.out / f"{k}_{args.setting}{n}", args.episodes,
+    jobs = [(label, str(runs.resolve(c)), args.setting, n, args.out / f"{k}_{args.setting}{n}", args.episodes,
              args.seed_start) for k, (label, c) in enumerate(zip(labels, args.checkpoint)) for n in values]
     if args.workers > 1:
         with mp.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:  # one torch thread each

@@ -142,12 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from smolvla_kit.collect import HELD_OUT_SEED_START
-    from smolvla_kit.evaluate import trained_image_size
     from smolvla_kit.deploy.server import start_server_process
-    from smolvla_kit.evaluate import resolve_checkpoint
+    from smolvla_kit import runs
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    image_size = args.image_size or trained_image_size(checkpoint) or 128
+    checkpoint = runs.resolve(args.checkpoint)
+    image_size = args.image_size or runs.trained_image_size(checkpoint) or 128
     seed_start = HELD_OUT_SEED_START if args.seed_start is None else args.seed_start
     load_before = os.getloadavg()
     rows, results = [], []

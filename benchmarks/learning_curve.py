@@ -39,7 +39,8 @@ def main() -> None:
     from smolvla_kit.collect import VALIDATION_SEED_START, CollectConfig, collect
     from smolvla_kit.evaluate import EvalConfig, evaluate
     from smolvla_kit.recipes import recipe
-    from smolvla_kit.train import TrainConfig, latest_checkpoint, train
+    from smolvla_kit.runs import latest_checkpoint
+    from smolvla_kit.train import TrainConfig, train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_argument(parser, default="pick-place")

@@ -33,9 +33,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/shipped_policy"))
     args = parser.parse_args()
 
-    from smolvla_kit.evaluate import EvalConfig, evaluate, format_table, resolve_checkpoint
+    from smolvla_kit.evaluate import EvalConfig, evaluate, format_table
+    from smolvla_kit import runs
 
-    folder = resolve_checkpoint(args.checkpoint)
+    folder = runs.resolve(args.checkpoint)
     t0 = time.perf_counter()
     summary = evaluate(EvalConfig(checkpoint=args.checkpoint, out=args.out, episodes=args.episodes,
                                   seed_start=args.seed_start))

@@ -59,7 +59,7 @@ def main() -> None:
 
     from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
     from smolvla_kit.policy.processing import resize_with_pad, to_float_chw
-    from smolvla_kit.train import cpu_threads
+    from smolvla_kit.runs import cpu_threads
 
     torch.set_num_threads(cpu_threads())
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ def course_recipe():
 
 def run_progress(run: Path) -> tuple[int, int] | None:
     """(steps done, steps planned) of the training run in `run`, from its last checkpoint; None if it has none."""
-    from smolvla_kit.train import latest_checkpoint
+    from smolvla_kit.runs import latest_checkpoint
 
     last = latest_checkpoint(run)
     if last is None:
@@ -60,7 +60,7 @@ def describe_run(run: Path, planned: int) -> str:
 
 def policy_to_study(run: Path) -> Path:
     """Notebook 04's policy if its run finished, else the policy the kit ships; prints which, and why."""
-    from smolvla_kit.train import latest_checkpoint
+    from smolvla_kit.runs import latest_checkpoint
     from smolvla_kit.trained import NANO_PICK_PLACE
 
     progress = run_progress(run)

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from smolvla_kit import runs
 from smolvla_kit.collect import HELD_OUT_SEED_START, exit_with_parent
 from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
@@ -78,26 +79,6 @@ class EvalConfig:
                 raise ValueError(f"{name} ({flag}) must be at least {lowest}, got {value}.")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype (--dtype) must be 'float32' or 'bfloat16', got {self.dtype!r}.")
-
-
-def resolve_checkpoint(path: Path | str) -> Path:
-    """A checkpoint folder from a folder, a run's `checkpoints/last` pointer file or the name of a checkpoint the
-    kit ships (`kit:nano-pick-place`, see `smolvla_kit.trained`)."""
-    from smolvla_kit.train import CHECKPOINTS, LAST, latest_checkpoint
-    from smolvla_kit.trained import SHIPPED
-
-    if str(path) in SHIPPED:
-        return SHIPPED[str(path)]
-    path = Path(path)
-    if path.is_file() and path.name == LAST and path.parent.name == CHECKPOINTS:
-        path = latest_checkpoint(path.parent.parent)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "
-            f"outputs/train/nano/checkpoints/step_003000, the run's checkpoints/last file, or one the kit ships: "
-            f"{', '.join(SHIPPED)}."
-        )
-    return path
 
 
 def run_episode(
@@ -188,7 +169,7 @@ def _load(cfg: EvalConfig, checkpoint: Path) -> tuple[Any, Any]:
     policy.set_dtype(cfg.dtype)
     policy.eval()
     cameras = tuple(k.rsplit(".", 1)[-1] for k in policy.config.image_keys)
-    image_size = trained_image_size(checkpoint) or policy.config.image_size
+    image_size = runs.trained_image_size(checkpoint) or policy.config.image_size
     env = SO101Env(task=cfg.task, image_size=image_size, cameras=cameras, num_cubes=cfg.num_cubes,
                    max_episode_steps=cfg.max_steps)
     return policy, env
@@ -237,11 +218,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from smolvla_kit.data import encode_frames
-    from smolvla_kit.train import cpu_threads
 
     cfg.check()
-    torch.set_num_threads(cpu_threads(cfg.num_threads))
-    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    torch.set_num_threads(runs.cpu_threads(cfg.num_threads))
+    checkpoint = runs.resolve(cfg.checkpoint)
     policy, env = _load(cfg, checkpoint)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,21 +308,10 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def trained_image_size(checkpoint: Path) -> int | None:
-    """The camera image size the policy was trained on, as the training run recorded it."""
-    state = checkpoint / "training_state.json"
-    if not state.exists():
-        return None
-    shapes = json.loads(state.read_text()).get("dataset", {}).get("camera_shapes", {})
-    return int(next(iter(shapes.values()))[0]) if shapes else None
-
-
 __all__ = [
     "EvalConfig",
     "evaluate",
     "format_table",
-    "resolve_checkpoint",
     "run_episode",
     "summarize",
-    "trained_image_size",
 ]

@@ -37,12 +37,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from smolvla_kit.runs import CHECKPOINTS, LAST, latest_checkpoint
 from smolvla_kit.vocabulary import ACTION_KEY, STATE_KEY
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-LAST = "last"
 
 
 # Settings whose best value depends on where the weights start; a TrainConfig field left at None takes it from here.
@@ -305,12 +304,6 @@ def _check_same_everywhere(procs: Processes, settings: dict[str, Any], device: t
         )
 
 
-def cpu_threads(requested: int = 0) -> int:
-    """Torch threads for a process that shares the machine (evaluation, a policy server): `requested`, or
-    cores - 1 when 0 (at least 1), leaving a core for the simulator or the robot loop."""
-    return requested or max(1, (os.cpu_count() or 2) - 1)
-
-
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
     if step < warmup:
@@ -398,22 +391,6 @@ def save_checkpoint(
     fsync_dir(root)
     write_bytes_atomic(root / LAST, final.name.encode())
     return final
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The checkpoint `run/checkpoints/last` names, if any."""
-    from smolvla_kit.policy.checkpoint import path_inside
-
-    pointer = Path(run) / CHECKPOINTS / LAST
-    if not pointer.exists():
-        return None
-    path = path_inside(pointer.parent, pointer.read_text().strip(), str(pointer))
-    if not (path / "training_state.json").exists():
-        raise FileNotFoundError(
-            f"{pointer} names {path.name}, which is missing or incomplete. Delete {pointer} to start over, or point "
-            f"it at another folder in {pointer.parent}."
-        )
-    return path
 
 
 def _jsonable(value: Any) -> Any:
@@ -895,5 +872,5 @@ def plot_loss(log_path: Path, out: Path) -> Path | None:
 
 
 __all__ = [
-    "LaunchError", "TrainConfig", "cpu_threads", "latest_checkpoint", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
+    "LaunchError", "TrainConfig", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
 ]

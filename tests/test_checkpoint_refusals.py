@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
-from smolvla_kit.train import latest_checkpoint
+from smolvla_kit.runs import latest_checkpoint
 
 LEROBOT_FIXTURE = Path(__file__).parent / "fixtures" / "lerobot044" / "policy"
 

@@ -41,7 +41,8 @@ def test_the_course_studies_notebook_04s_policy_only_when_its_run_finished(tmp_p
     """Notebooks 05-07 fall back to the shipped policy, saying why; notebook 04 says when it continues a run."""
     from smolvla_kit.collect import CollectConfig, collect
     from smolvla_kit.course import describe_run, policy_to_study
-    from smolvla_kit.train import TrainConfig, latest_checkpoint, train
+    from smolvla_kit.runs import latest_checkpoint
+    from smolvla_kit.train import TrainConfig, train
     from smolvla_kit.trained import NANO_PICK_PLACE
 
     run = tmp_path / "train"

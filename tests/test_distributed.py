@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from smolvla_kit.collect import CollectConfig, collect
-from smolvla_kit.train import latest_checkpoint
+from smolvla_kit.runs import latest_checkpoint
 
 # Deterministic settings that exercise what a launch must keep equal: the camera warm-up, two noise draws per frame,
 # the weight average, start-of-episode batches.

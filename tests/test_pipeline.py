@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from smolvla_kit.collect import CollectConfig, collect
 from smolvla_kit.data import DatasetError, LeRobotDatasetReader
-from smolvla_kit.train import TrainConfig, latest_checkpoint, lr_at, train
+from smolvla_kit.runs import latest_checkpoint
+from smolvla_kit.train import TrainConfig, lr_at, train
 from smolvla_kit.units import JOINT_LIMITS
 
 

@@ -318,7 +318,8 @@ def test_not_a_checkpoint(tmp_path):
 def test_training_checkpoints_are_on_disk_before_they_are_named(tmp_path, monkeypatch):
     """A power cut must not leave `last` naming a checkpoint whose files were still in the page cache: every file
     and the folder are fsynced before the folder is renamed into place, and the rename before `last` changes."""
-    from smolvla_kit.train import TrainConfig, latest_checkpoint, save_checkpoint
+    from smolvla_kit.runs import latest_checkpoint
+    from smolvla_kit.train import TrainConfig, save_checkpoint
 
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace

@@ -19,9 +19,9 @@ from .layout import (
     so101_features,
 )
 from .reader import DatasetMeta, Episode, EpisodeInfo, LeRobotDatasetReader
-from .stats import aggregate_stats, recompute_stats
+from .stats import aggregate_stats
 from .video import VideoSettings, decode_video, encode_frames
-from .writer import LeRobotDatasetWriter, repair
+from .writer import LeRobotDatasetWriter, recompute_stats, repair
 
 _LAZY = {"ChunkDataset", "check_features", "resolve_camera_map"}
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             r.meta.stats  # noqa: B018 - raises if missing or malformed
             print(f"{r.root}: OK ({r.num_episodes} episodes, {r.num_frames} frames)")
         elif args.command == "recompute-stats":
-            from .stats import recompute_stats
+            from .writer import recompute_stats
 
             stats = recompute_stats(args.root, from_data=args.from_data)
             print(f"{args.root}: wrote meta/stats.json ({len(stats)} features)")

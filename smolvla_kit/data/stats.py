@@ -7,7 +7,7 @@ colour channel, shape (3, 1, 1), in [0, 1] (pixel / 255), so they broadcast over
 Per episode the writer keeps the stats in `meta/episodes` (columns `stats/<feature>/<stat>`); `meta/stats.json`
 is their aggregate: count-weighted mean, pooled variance, overall min/max, and (as LeRobot does) count-weighted
 averages of the per-episode quantiles. Because the per-episode stats survive any crash, `stats.json` can always
-be rebuilt from them (:func:`recompute_stats`).
+be rebuilt from them (`writer.recompute_stats`).
 
 Image stats are exact: a camera frame is uint8, so a 256-bin histogram per channel holds everything needed for
 mean, std, min, max and quantiles, at the cost of one `np.bincount` per frame.
@@ -15,7 +15,6 @@ mean, std, min, max and quantiles, at the cost of one `np.bincount` per frame.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,35 +154,6 @@ def check_finite(stats: Stats, source: str) -> None:
                 raise ValueError(f"{source}: stats '{key}/{s}' contains NaN or infinity.")
 
 
-def recompute_stats(root: str | Path, from_data: bool = False) -> Stats:
-    """Rebuild `meta/stats.json` of a v3.0 dataset and return the stats.
-
-    By default it aggregates the per-episode stats kept in `meta/episodes` (instant). With `from_data=True`
-    (or when some episode has no per-episode stats) it reads every episode's rows and decodes every video.
-    Run it from a shell with `python -m smolvla_kit.data recompute-stats <dataset folder>`.
-    """
-    from .layout import STATS_PATH, write_json_atomic
-    from .reader import LeRobotDatasetReader
-
-    reader = LeRobotDatasetReader(root)
-    if reader.meta.version != "v3.0":
-        raise ValueError(
-            f"{reader.root}: stats can only be rewritten for v3.0 datasets (this one is {reader.meta.version}); "
-            f"convert it with LeRobot's `convert_dataset_v21_to_v30` first."
-        )
-    per_episode: list[Stats] = []
-    for ep in reader.meta.episodes:
-        st = None if from_data else reader.meta.episode_stats(ep.index)
-        if not st:
-            st = reader.compute_episode_stats(ep.index)
-        per_episode.append(st)
-    if not per_episode:
-        raise ValueError(f"{reader.root}: the dataset has no episode; there is nothing to compute stats from.")
-    stats = aggregate_stats(per_episode)
-    write_json_atomic(reader.root / STATS_PATH, stats_to_json(stats))
-    return stats
-
-
 __all__ = [
     "QUANTILES",
     "STAT_KEYS",
@@ -192,5 +162,4 @@ __all__ = [
     "aggregate_stats",
     "stats_to_json",
     "stats_from_json",
-    "recompute_stats",
 ]

@@ -831,4 +831,32 @@ def episode_stats_of(root: str | Path) -> list[Stats]:
     return out
 
 
-__all__ = ["LeRobotDatasetWriter", "repair", "episode_stats_of"]
+def recompute_stats(root: str | Path, from_data: bool = False) -> Stats:
+    """Rebuild `meta/stats.json` of a v3.0 dataset and return the stats.
+
+    By default it aggregates the per-episode stats kept in `meta/episodes` (instant). With `from_data=True`
+    (or when some episode has no per-episode stats) it reads every episode's rows and decodes every video.
+    Run it from a shell with `python -m smolvla_kit.data recompute-stats <dataset folder>`.
+    """
+    from .reader import LeRobotDatasetReader
+
+    reader = LeRobotDatasetReader(root)
+    if reader.meta.version != "v3.0":
+        raise ValueError(
+            f"{reader.root}: stats can only be rewritten for v3.0 datasets (this one is {reader.meta.version}); "
+            f"convert it with LeRobot's `convert_dataset_v21_to_v30` first."
+        )
+    per_episode: list[Stats] = []
+    for ep in reader.meta.episodes:
+        st = None if from_data else reader.meta.episode_stats(ep.index)
+        if not st:
+            st = reader.compute_episode_stats(ep.index)
+        per_episode.append(st)
+    if not per_episode:
+        raise ValueError(f"{reader.root}: the dataset has no episode; there is nothing to compute stats from.")
+    stats = aggregate_stats(per_episode)
+    write_json_atomic(reader.root / STATS_PATH, stats_to_json(stats))
+    return stats
+
+
+__all__ = ["LeRobotDatasetWriter", "recompute_stats", "repair", "episode_stats_of"]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY, camera_key, camera_name
+from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY, camera_name
 
 SIM_CAMERAS = ("front", "wrist")
 
@@ -60,20 +59,6 @@ class SimRobot:
 
     def is_success(self) -> bool:
         return bool(self.env.is_success())
-
-
-def checkpoint_cameras(checkpoint: Path) -> list[str]:
-    """The policy's camera keys, read from the checkpoint's config.json without loading the weights."""
-    cfg_file = Path(checkpoint) / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise FileNotFoundError(f"cannot read {cfg_file}: {e}") from e
-    if "kit_format" in raw:
-        names = raw["config"]["camera_names"]
-        return [camera_key(n) for n in names]
-    features = raw.get("input_features", {})
-    return [k for k in features if k.startswith(IMAGE_PREFIX)]
 
 
 @dataclass
@@ -131,4 +116,4 @@ def virtual_follower(camera_keys: Sequence[str], image_size: int = 128, sim_task
     return VirtualRig(arm=arm, backend=backend, robot=robot, calibration_dir=tmp)
 
 
-__all__ = ["SimRobot", "VirtualRig", "checkpoint_cameras", "virtual_follower"]
+__all__ = ["SimRobot", "VirtualRig", "virtual_follower"]

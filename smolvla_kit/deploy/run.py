@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from smolvla_kit import runs
 from smolvla_kit.vocabulary import CONTROL_HZ
 
 log = logging.getLogger("smolvla_kit.deploy")
@@ -132,16 +133,15 @@ def _deploy(args: argparse.Namespace) -> int:
 
     from smolvla_kit.collect import HELD_OUT_SEED_START
     from smolvla_kit.deploy.client import ClientConfig, LocalPolicy, RemotePolicy, RobotClient
-    from smolvla_kit.deploy.robots import checkpoint_cameras, virtual_follower
+    from smolvla_kit.deploy.robots import virtual_follower
     from smolvla_kit.deploy.server import start_server_process
     from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
-    from smolvla_kit.evaluate import resolve_checkpoint, trained_image_size
     from smolvla_kit.robot.so101 import SO101Follower
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    image_size = args.image_size or trained_image_size(checkpoint) or 128
+    checkpoint = runs.resolve(args.checkpoint)
+    image_size = args.image_size or runs.trained_image_size(checkpoint) or 128
     max_rel = _parse_max_relative_target(args.max_relative_target)
     virtual = args.port == "virtual"
     seed0 = HELD_OUT_SEED_START if args.seed is None else args.seed
@@ -154,7 +154,7 @@ def _deploy(args: argparse.Namespace) -> int:
     try:
         # -- the arm ----------------------------------------------------------------------------------------------
         if virtual:
-            rig = virtual_follower(checkpoint_cameras(checkpoint), image_size=image_size, sim_task=args.sim_task,
+            rig = virtual_follower(runs.camera_keys(checkpoint), image_size=image_size, sim_task=args.sim_task,
                                    seed=seed0, max_relative_target=max_rel)
             robot = rig.robot
             print(f"virtual SO-101 (MuJoCo, task {args.sim_task}) on {rig.arm.port}", file=sys.stderr)

@@ -289,7 +289,7 @@ def run_server(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    from smolvla_kit.train import cpu_threads
+    from smolvla_kit.runs import cpu_threads
 
     torch.set_num_threads(cpu_threads(args.num_threads))
     if args.seed is not None:

@@ -259,18 +259,14 @@ def load_policy_for_serving(
     checkpoint: str, device: str = "cpu", n_action_steps: int | None = None, dtype: str = "float32",
     samples_per_chunk: int | None = None,
 ) -> Any:
-    """Load a kit checkpoint folder (or a run's `checkpoints/last`) for inference, its VLM and expert in `dtype`.
+    """Load a checkpoint (anything `runs.resolve` takes) for inference, its VLM and expert in `dtype`.
 
     `n_action_steps` and `samples_per_chunk` override the checkpoint's settings when given."""
-    from pathlib import Path
+    from smolvla_kit import runs
 
-    from smolvla_kit.evaluate import resolve_checkpoint
-    from smolvla_kit.policy import SmolVLAPolicy
-
-    path = resolve_checkpoint(Path(checkpoint))
     overrides = {name: value for name, value in (("n_action_steps", n_action_steps),
                                                  ("samples_per_chunk", samples_per_chunk)) if value is not None}
-    policy = SmolVLAPolicy.from_pretrained(path, device=device, **overrides)
+    policy = runs.load(checkpoint, device=device, **overrides)
     policy.set_dtype(dtype)
     policy.eval()
     return policy

@@ -63,7 +63,12 @@ def hub_offline_error(repo_id: str, what: str = "checkpoint") -> OSError:
 
 
 def resolve_folder(path_or_id: str | Path) -> Path:
-    """A local folder as is; a Hub id downloaded (or found in the cache) with only the files SmolVLA needs."""
+    """A local folder as is; the name of a checkpoint the kit ships (`kit:nano-pick-place`) as its folder; a Hub id
+    downloaded (or found in the cache) with only the files SmolVLA needs."""
+    from smolvla_kit.trained import SHIPPED
+
+    if str(path_or_id) in SHIPPED:
+        return SHIPPED[str(path_or_id)]
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path

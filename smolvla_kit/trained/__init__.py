@@ -17,6 +17,6 @@ steps on 2 CPU cores; cameras `front` and `wrist`, 96 px): 98 % success on 50 he
 sampler (PROVENANCE.md)."""
 
 SHIPPED: dict[str, Path] = {"kit:nano-pick-place": NANO_PICK_PLACE}
-"""Checkpoint names that `smolvla_kit.evaluate.resolve_checkpoint` accepts in place of a folder."""
+"""Checkpoint names that `smolvla_kit.runs.resolve` (and `SmolVLAPolicy.from_pretrained`) accept in place of a folder."""
 
 __all__ = ["NANO_PICK_PLACE", "SHIPPED"]
