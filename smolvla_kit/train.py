@@ -590,13 +590,49 @@ def train(cfg: TrainConfig, on_log: Callable[[dict[str, float]], None] | None = 
     return summary
 
 
+def train_step(
+    step: int, batch: dict[str, Any], policy: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+    model: torch.nn.Module | None = None, procs: Processes = Processes(),
+) -> dict[str, float]:
+    """One optimiser step on this process's share of step `step`'s batch -> {"loss", "lr", "grad_norm"}.
+
+    `model` is what computes the loss: the policy itself, or it wrapped for data-parallel training (DDP) or compiled.
+    The step's random draws (noise and flow times) come from a seed of (seed, step) and are drawn for the whole
+    batch, so a resumed or relaunched run repeats them; the loss is the whole batch's, whatever the processes.
+    """
+    model = model or policy
+    device = policy.device
+    lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    share = len(batch[ACTION_KEY])  # frames of this process
+    rows = slice(procs.rank * share * cfg.noise_samples, (procs.rank + 1) * share * cfg.noise_samples)
+    torch.manual_seed(cfg.seed * 7_919 + step)
+    noise, flow_time = policy.model.draw_flow_noise(cfg.batch_size * cfg.noise_samples, device)  # (B*K, T, A), (B*K,)
+    # Divide by the whole batch's weight (summed over the processes): their averaged gradients are the batch's.
+    weight_total = _all_sum(policy.loss_weights(batch, cfg.played_weight).sum().to(device), procs) / procs.world
+    with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision else contextlib.nullcontext():
+        loss, _ = model(batch, noise=noise[rows], time=flow_time[rows], noise_samples=cfg.noise_samples,
+                        played_weight=cfg.played_weight, weight_total=weight_total)
+    loss_all = _all_sum(loss.detach(), procs) / procs.world  # the whole batch's loss
+    if not torch.isfinite(loss_all):
+        raise FloatingPointError(
+            f"The loss became {loss_all.item()} at step {step}. The last checkpoint ({latest_checkpoint(cfg.out)}) is "
+            f"intact; lower --lr and resume."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
+    optimizer.step()
+    return {"loss": loss_all.item(), "lr": lr, "grad_norm": float(grad_norm)}
+
+
 def _train(
     cfg: TrainConfig, procs: Processes, device: torch.device, on_log: Callable[[dict[str, float]], None] | None
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
-    from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
 
     cfg = cfg.resolved(device)
     if cfg.batch_size % procs.world:
@@ -609,51 +645,20 @@ def _train(
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // procs.local_world))
 
+    # The policy: a run's last checkpoint (resuming it), given weights, or a fresh preset.
     reader = LeRobotDatasetReader(cfg.dataset)
     resume_from = latest_checkpoint(run)
-    overrides = dict(cfg.policy_overrides)
-    if cfg.chunk_size is not None:
-        overrides["chunk_size"] = cfg.chunk_size
-    if resume_from is not None:
-        policy = SmolVLAPolicy.from_pretrained(resume_from)
-        saved = policy.config.to_dict()
-        for name, value in overrides.items():  # a resume continues the saved policy: it cannot change its shape
-            if json.dumps(saved.get(name), sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise ValueError(
-                    f"{resume_from} was trained with {name}={saved.get(name)!r}; this run asks for {name}={value!r}. "
-                    f"Resume with the run's own settings or train into a new --out folder."
-                )
-    elif cfg.init_from:
-        policy = SmolVLAPolicy.from_pretrained(cfg.init_from, **overrides)
-    else:
-        torch.manual_seed(cfg.seed)  # the initial weights
-        policy = SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **overrides))
+    saved_state = json.loads((resume_from / "training_state.json").read_text()) if resume_from else None
+    policy = _start_policy(cfg, resume_from)
     pcfg = policy.config
     camera_map = check_features(reader, pcfg.state_dim, pcfg.action_dim, pcfg.image_keys, cfg.camera_map)
     data_stats = dataset_stats(reader)
-    saved_state = json.loads((resume_from / "training_state.json").read_text()) if resume_from else None
     if resume_from is None:
         policy.normalizer.set_stats(data_stats)
     else:
-        saved_stats = {k: {s: v.numpy() for s, v in d.items()} for k, d in policy.normalizer.stats_dict().items()}
-        differ = _resume_differences(saved_state["train_config"], cfg, saved_stats, data_stats)
-        if differ and not cfg.resume:
-            raise ValueError(
-                f"{run} holds a run (at {resume_from.name}) that these settings would change:\n  - "
-                + "\n  - ".join(differ)
-                + f"\nRe-run with its own settings to resume it, train into a new --out folder, or pass --resume to "
-                f"continue it with these settings."
-            )
-        for line in differ:
-            log.warning("continuing %s with a change: %s", run, line)
-    policy.to(device)
-    if cfg.frozen_dtype == "bfloat16":  # the weights no step changes; autocast computes in bfloat16 anyway
-        with torch.no_grad():
-            for param in policy.parameters():
-                if not param.requires_grad:
-                    param.data = param.data.to(torch.bfloat16)
-    policy.train()
+        _check_resume(run, resume_from, saved_state, policy, cfg, data_stats)
 
+    # The data: every frame with its action chunk; each step's batch a function of (seed, step).
     data = ChunkDataset(reader, chunk_size=pcfg.chunk_size, camera_map=camera_map, episodes=cfg.episodes,
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
@@ -663,61 +668,35 @@ def _train(
     _check_same_everywhere(procs, {"settings": _jsonable(asdict(cfg)), "frames": len(data),
                                    "stats": {k: {s: v.tolist() for s, v in d.items()} for k, d in data_stats.items()},
                                    "resume_from": str(resume_from)}, device)
-    start_pool = data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None
-    warmup_pool = mean_state = None
-    if cfg.camera_warmup_steps > 0:
-        warmup_pool = data.indices_before_frame(cfg.camera_warmup_frames)
-        mean_state = torch.as_tensor(data_stats[STATE_KEY]["mean"])  # (state_dim,)
     dataset_info = {
         "root": str(reader.meta.root),
         "fps": reader.meta.fps,
         "camera_shapes": {p: list(reader.meta.shape(d)) for p, d in camera_map.items()},
     }
 
+    # The optimiser, the weight average and where a resumed run stopped.
+    model = _prepare_model(policy, cfg, device, procs)
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
-    policy.model.vlm_with_expert.gradient_checkpointing = cfg.gradient_checkpointing
-    model: torch.nn.Module = policy  # what the step calls: wrapped for data-parallel training under torchrun
-    if procs.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    share_size = cfg.batch_size // procs.world
-    share = slice(procs.rank * share_size, (procs.rank + 1) * share_size)  # this process's frames of each batch
-    rows = slice(share.start * cfg.noise_samples, share.stop * cfg.noise_samples)  # and their noise draws
-    launch = {"processes": procs.world, "batch_per_process": share_size, "device": device.type}
     ema = WeightAverage(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start = 0
-    if resume_from is not None:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(resume_from / "training_state.safetensors"))
-        _load_optimizer(optimizer, tensors, saved_state["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        start = int(saved_state["step"])
-        saved_decay = saved_state["train_config"].get("ema_decay", 0.0)
-        if saved_decay != cfg.ema_decay:
-            raise ValueError(
-                f"{resume_from} was saved with ema_decay {saved_decay}; this run asks for {cfg.ema_decay}. Resume it "
-                f"with the same ema_decay, or train into a new --out folder."
-            )
-        if ema is not None:
-            ema.load_raw(tensors, resume_from / "training_state.safetensors")
+    start = _restore(resume_from, saved_state, optimizer, ema, cfg) if resume_from else 0
+    share_size = cfg.batch_size // procs.world
+    launch = {"processes": procs.world, "batch_per_process": share_size, "device": device.type}
+    batches = StepBatches(
+        data, cfg, start, share=slice(procs.rank * share_size, (procs.rank + 1) * share_size),
+        start_pool=data.indices_before_frame(cfg.start_frames) if cfg.start_share > 0 else None,
+        warmup_pool=data.indices_before_frame(cfg.camera_warmup_frames) if cfg.camera_warmup_steps > 0 else None,
+        mean_state=torch.as_tensor(data_stats[STATE_KEY]["mean"]),  # (state_dim,)
+    )
 
     log_path = run / "loss.csv"
     elapsed_before = _elapsed_at(log_path, start)
     log_file = _open_log(log_path, start) if procs.main else None
-    writer = csv.writer(log_file) if log_file else None
-
     t0 = time.perf_counter()
-    step = start
-    last_saved = start
+    step = last_saved = start
     recent: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (cfg.progress and procs.main))
-    batches = StepBatches(data, cfg, start, share, start_pool, warmup_pool, mean_state)
     coming = iter(batches.loader(cfg.loader_workers, pin_memory=device.type == "cuda"))
     try:
         while step < min(cfg.steps, cfg.stop_at or cfg.steps):
@@ -725,44 +704,23 @@ def _train(
                 over = elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes
                 if _all_sum(torch.tensor([float(over)], device=device), procs).item() > 0:
                     break
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             batch = batches.hide_state(next(coming), step)
-            torch.manual_seed(cfg.seed * 7_919 + step)  # the step's noise and flow times, drawn for the whole batch
-            noise, flow_time = policy.model.draw_flow_noise(cfg.batch_size * cfg.noise_samples, device)
-            # Divide by the whole batch's weight (over the processes): their averaged gradients are the batch's.
-            weight_total = _all_sum(policy.loss_weights(batch, cfg.played_weight).sum().to(device), procs) / procs.world
-            with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision else contextlib.nullcontext():
-                loss, _ = model(batch, noise=noise[rows], time=flow_time[rows], noise_samples=cfg.noise_samples,
-                                played_weight=cfg.played_weight, weight_total=weight_total)
-            loss_all = _all_sum(loss.detach(), procs) / procs.world  # the whole batch's loss
-            if not torch.isfinite(loss_all):
-                raise FloatingPointError(
-                    f"The loss became {loss_all.item()} at step {step}. The last checkpoint "
-                    f"({latest_checkpoint(run)}) is intact; lower --lr and resume."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
-            optimizer.step()
-            if ema is not None:
+            result = train_step(step, batch, policy, optimizer, cfg, model, procs)
+            if ema is not None:  # the average restarts when the camera warm-up ends
                 ema.update(step - cfg.camera_warmup_steps if step >= cfg.camera_warmup_steps else step)
             step += 1
-            recent.append(loss_all.item())
+            recent.append(result["loss"])
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = elapsed_before + time.perf_counter() - t0
                 rate = (step - start) / max(1e-9, time.perf_counter() - t0)
-                row = {"step": step, "loss": float(np.mean(recent)), "lr": lr, "grad_norm": float(grad_norm),
-                       "elapsed_s": elapsed, "steps_per_s": rate}
-                if writer is not None:
-                    writer.writerow([step, f"{row['loss']:.6f}", f"{lr:.3e}", f"{row['grad_norm']:.4f}",
-                                     f"{elapsed:.2f}", f"{rate:.3f}"])
-                    log_file.flush()
+                row = {"step": step, "loss": float(np.mean(recent)), "lr": result["lr"],
+                       "grad_norm": result["grad_norm"], "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                       "steps_per_s": rate}
+                if log_file is not None:
+                    _log_row(log_file, row)
                     if on_log is not None:
                         on_log(row)
-                bar.set_postfix(loss=f"{np.mean(recent):.4f}", steps_per_s=f"{rate:.2f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", steps_per_s=f"{rate:.2f}")
                 recent = []
             if step % cfg.save_every == 0:
                 if procs.main:
@@ -800,6 +758,89 @@ def _train(
         "train_seconds": elapsed_before + time.perf_counter() - t0,
         "loss_log": str(log_path),
     }
+
+
+def _start_policy(cfg: TrainConfig, resume_from: Path | None) -> Any:
+    """The policy a run trains: its last checkpoint's, `init_from`'s weights, or a fresh preset seeded by `seed`."""
+    from smolvla_kit.policy import SmolVLAConfig, SmolVLAPolicy
+
+    overrides = dict(cfg.policy_overrides)
+    if cfg.chunk_size is not None:
+        overrides["chunk_size"] = cfg.chunk_size
+    if resume_from is not None:
+        policy = SmolVLAPolicy.from_pretrained(resume_from)
+        saved = policy.config.to_dict()
+        for name, value in overrides.items():  # a resume continues the saved policy: it cannot change its shape
+            if json.dumps(saved.get(name), sort_keys=True) != json.dumps(value, sort_keys=True):
+                raise ValueError(
+                    f"{resume_from} was trained with {name}={saved.get(name)!r}; this run asks for {name}={value!r}. "
+                    f"Resume with the run's own settings or train into a new --out folder."
+                )
+        return policy
+    if cfg.init_from:
+        return SmolVLAPolicy.from_pretrained(cfg.init_from, **overrides)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    return SmolVLAPolicy(SmolVLAConfig.preset(cfg.preset, **overrides))
+
+
+def _check_resume(run: Path, resume_from: Path, saved_state: dict, policy: Any, cfg: TrainConfig,
+                  data_stats: dict) -> None:
+    """Refuse to resume `run` with settings or data that would make it another run, unless `cfg.resume`."""
+    saved_stats = {k: {s: v.numpy() for s, v in d.items()} for k, d in policy.normalizer.stats_dict().items()}
+    differ = _resume_differences(saved_state["train_config"], cfg, saved_stats, data_stats)
+    if differ and not cfg.resume:
+        raise ValueError(
+            f"{run} holds a run (at {resume_from.name}) that these settings would change:\n  - "
+            + "\n  - ".join(differ)
+            + "\nRe-run with its own settings to resume it, train into a new --out folder, or pass --resume to "
+            "continue it with these settings."
+        )
+    for line in differ:
+        log.warning("continuing %s with a change: %s", run, line)
+
+
+def _prepare_model(policy: Any, cfg: TrainConfig, device: torch.device, procs: Processes) -> torch.nn.Module:
+    """Put the policy on `device` in training mode as `cfg` asks; return what the step calls (DDP-wrapped under a
+    launch, compiled with `compile`)."""
+    policy.to(device)
+    if cfg.frozen_dtype == "bfloat16":  # the weights no step changes; autocast computes in bfloat16 anyway
+        with torch.no_grad():
+            for param in policy.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
+    policy.train()
+    policy.model.vlm_with_expert.gradient_checkpointing = cfg.gradient_checkpointing
+    model: torch.nn.Module = policy
+    if procs.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.compile else model
+
+
+def _restore(resume_from: Path, saved_state: dict, optimizer: torch.optim.Optimizer, ema: WeightAverage | None,
+             cfg: TrainConfig) -> int:
+    """Load a checkpoint's optimiser state, random state and raw weights; return the step it was saved at."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(resume_from / "training_state.safetensors"))
+    _load_optimizer(optimizer, tensors, saved_state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    saved_decay = saved_state["train_config"].get("ema_decay", 0.0)
+    if saved_decay != cfg.ema_decay:
+        raise ValueError(
+            f"{resume_from} was saved with ema_decay {saved_decay}; this run asks for {cfg.ema_decay}. Resume it "
+            f"with the same ema_decay, or train into a new --out folder."
+        )
+    if ema is not None:
+        ema.load_raw(tensors, resume_from / "training_state.safetensors")
+    return int(saved_state["step"])
+
+
+def _log_row(log_file, row: dict[str, float]) -> None:
+    csv.writer(log_file).writerow([row["step"], f"{row['loss']:.6f}", f"{row['lr']:.3e}", f"{row['grad_norm']:.4f}",
+                                   f"{row['elapsed_s']:.2f}", f"{row['steps_per_s']:.3f}"])
+    log_file.flush()
 
 
 def _open_log(path: Path, start: int):
@@ -872,5 +913,5 @@ def plot_loss(log_path: Path, out: Path) -> Path | None:
 
 
 __all__ = [
-    "LaunchError", "TrainConfig", "lr_at", "plot_loss", "read_loss_log", "save_checkpoint", "train",
+    "LaunchError", "TrainConfig", "lr_at", "train_step", "plot_loss", "read_loss_log", "save_checkpoint", "train",
 ]
