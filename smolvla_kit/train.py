@@ -600,7 +600,7 @@ def train_step(
     The step's random draws (noise and flow times) come from a seed of (seed, step) and are drawn for the whole
     batch, so a resumed or relaunched run repeats them; the loss is the whole batch's, whatever the processes.
     """
-    model = model or policy
+    model = policy if model is None else model
     device = policy.device
     lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     for group in optimizer.param_groups:

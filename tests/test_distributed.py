@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smolvla_kit.collect import CollectConfig, collect
 from smolvla_kit.runs import latest_checkpoint
 
 # Deterministic settings that exercise what a launch must keep equal: the camera warm-up, two noise draws per frame,
@@ -24,13 +23,6 @@ from smolvla_kit.runs import latest_checkpoint
 COMMON = ["--steps", "6", "--batch-size", "4", "--save-every", "3", "--log-every", "1", "--num-threads", "1",
           "--no-progress", "--no-mixed-precision", "--ema-decay", "0.9", "--noise-samples", "2",
           "--camera-warmup-steps", "2", "--start-share", "0.5"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "pick_place"
-    collect(CollectConfig(out=root, episodes=2, image_size=64, workers=1, progress=False))
-    return root
 
 
 def launch(processes: int, dataset: Path, out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:

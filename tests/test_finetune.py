@@ -10,19 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smolvla_kit.collect import CollectConfig, collect
 from smolvla_kit.data import LeRobotDatasetReader
 from smolvla_kit.deploy.service import load_policy_for_serving
 from smolvla_kit.train import TrainConfig, dataset_stats, train
 
 LEROBOT_CHECKPOINT = Path(__file__).parent / "fixtures" / "lerobot044" / "policy"  # written by LeRobot 0.4.4
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "pick_place"
-    collect(CollectConfig(out=root, episodes=2, image_size=64, workers=1, progress=False))
-    return root
 
 
 def finetune(dataset: Path, out: Path, **kw) -> dict:

@@ -24,13 +24,6 @@ from smolvla_kit.train import TrainConfig, lr_at, train
 from smolvla_kit.units import JOINT_LIMITS
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "pick_place"
-    collect(CollectConfig(out=root, episodes=2, image_size=64, workers=1, progress=False))
-    return root
-
-
 def _train_cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
     values = dict(dataset=dataset, out=out, steps=6, batch_size=4, save_every=3, log_every=1, num_threads=1,
                   progress=False)
