@@ -308,7 +308,7 @@ class PrefixCache:
     kv: list[tuple[Tensor, Tensor] | None]
     pad_mask: Tensor  # (B, P) real prefix tokens
     # RoPE tables of the suffix (absolute positions, and positions from 0 for cross layers); the same
-    # at every step, so `forward` fills them on the first step and reuses them.
+    # at every step, so `denoise_step` fills them on the first step and reuses them.
     suffix_rope: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
@@ -362,25 +362,31 @@ class SmolVLMWithExpert(nn.Module):
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         return self.vlm.model.text_model.embed_tokens(tokens)
 
+    # -- the three passes ---------------------------------------------------------------------
+    def forward(self, prefix: Tensor, suffix: Tensor, bias: Tensor, positions: Tensor) -> Tensor:
+        """The training pass (and the uncached sampler): prefix (B, P, D) and suffix (B, S, De) through both stacks
+        together; `bias` (B, 1, P+S, P+S), RoPE `positions` (B, P+S). -> the expert's normed output (B, S, De)."""
+        out, _ = self._layers(prefix, suffix, bias, positions)
+        return out
+
+    def prefill(self, prefix: Tensor, bias: Tensor, positions: Tensor) -> PrefixCache:
+        """The prefix alone through the VLM, once per chunk: `bias` (B, 1, P, P), `positions` (B, P). -> what the
+        denoising steps need of it (each layer's keys and values)."""
+        _, cache = self._layers(prefix, None, bias, positions, fill_cache=True)
+        return cache
+
+    def denoise_step(self, suffix: Tensor, bias: Tensor, positions: Tensor, cache: PrefixCache) -> Tensor:
+        """One Euler step: the suffix (B, S, De) through the expert against a prefilled `cache`; `bias`
+        (B, 1, S, P+S), `positions` (B, P+S). -> the expert's normed output (B, S, De)."""
+        out, _ = self._layers(None, suffix, bias, positions, cache=cache)
+        return out
+
     # -- the layers ---------------------------------------------------------------------------
-    def forward(
-        self,
-        prefix: Tensor | None,
-        suffix: Tensor | None,
-        bias: Tensor,
-        positions: Tensor,
-        cache: PrefixCache | None = None,
-        fill_cache: bool = False,
+    def _layers(
+        self, prefix: Tensor | None, suffix: Tensor | None, bias: Tensor, positions: Tensor,
+        cache: PrefixCache | None = None, fill_cache: bool = False,
     ) -> tuple[Tensor | None, PrefixCache | None]:
-        """Run both stacks. Three ways to call it:
-
-        * training / uncached sampling: `prefix` (B, P, D) and `suffix` (B, S, De); `bias` (B, 1, P+S, P+S)
-        * prefill: `prefix` only with `fill_cache=True`; `bias` (B, 1, P, P). Returns the cache.
-        * cached denoising step: `suffix` only with `cache`; `bias` (B, 1, S, P+S).
-
-        `positions` (B, P+S) (or (B, P) for prefill) are the RoPE positions of all tokens.
-        Returns the expert's normed output (B, S, De) (None for prefill) and the cache.
-        """
+        """The layer loop behind the three passes: a stream that is None is not run (the prefix comes from `cache`)."""
         text = self.vlm.model.text_model
         # The layers may run in bfloat16 (`SmolVLAPolicy.set_dtype`); the projections around them stay float32.
         prefix = prefix.to(text.layers[0].input_layernorm.weight.dtype) if prefix is not None else None
@@ -410,6 +416,7 @@ class SmolVLMWithExpert(nn.Module):
             j = self.expert_at[i]
             exp_layer = self.lm_expert.layers[j] if (j is not None and suffix is not None) else None
             last = i == self.num_vlm_layers - 1
+            q_s = k_x = v_x = None  # set below when an expert layer runs beside this one
 
             # ---- prefix queries/keys/values (B, P, H, Dh) ----
             if prefix is not None:
@@ -421,6 +428,7 @@ class SmolVLMWithExpert(nn.Module):
                 q_p = None if last else apply_rope(self._heads(vlm_layer.self_attn.q_proj(h)), cos_p, sin_p)
             else:
                 k_p, v_p = cache.kv[i] if cache.kv[i] is not None else (None, None)
+                q_p = None
 
             # ---- the expert's queries and the keys/values it attends to ----
             if exp_layer is not None:
@@ -448,20 +456,10 @@ class SmolVLMWithExpert(nn.Module):
                     new_kv.append(None)
 
             # ---- attention ----
-            att_p = att_s = None
             if exp_layer is not None and not self.is_cross[i]:
-                if prefix is not None and q_p is not None:  # one joint attention over [prefix; suffix]
-                    att = attention(
-                        torch.cat([q_p, q_s], 1), torch.cat([k_p, k_s], 1), torch.cat([v_p, v_s], 1), bias
-                    )
-                    att_p, att_s = att[:, :P], att[:, P:]
-                else:  # suffix rows only (prefix cached, or its last-layer output unused)
-                    att_s = attention(q_s, torch.cat([k_p, k_s], 1), torch.cat([v_p, v_s], 1), bias_s)
+                att_p, att_s = self._joint_attention(q_p, k_p, v_p, q_s, k_s, v_s, bias, bias_s)
             else:
-                if exp_layer is not None:  # cross-attention: suffix queries, prefix keys/values only
-                    att_s = attention(q_s, k_x, v_x, bias_s[..., :P])
-                if prefix is not None and q_p is not None:
-                    att_p = attention(q_p, k_p, v_p, bias_pp)
+                att_p, att_s = self._cross_attention(q_p, k_p, v_p, q_s, k_x, v_x, bias_pp, bias_s)
 
             # ---- output projections, residuals and MLPs ----
             if att_p is not None:
@@ -471,6 +469,26 @@ class SmolVLMWithExpert(nn.Module):
 
         out = rms_norm(self.lm_expert.norm, suffix) if suffix is not None else None
         return out, (PrefixCache(new_kv, None) if fill_cache else cache)
+
+    @staticmethod
+    def _joint_attention(q_p, k_p, v_p, q_s, k_s, v_s, bias: Tensor, bias_s: Tensor) -> tuple[Tensor | None, Tensor]:
+        """A self-attention layer: prefix and suffix attend over [prefix; suffix] keys in one call, the mask keeping
+        the prefix from the suffix. Without prefix queries (the prefix cached, or its last layer, whose output is
+        unused) only the suffix rows run. -> the prefix's and the suffix's attention outputs."""
+        k, v = torch.cat([k_p, k_s], 1), torch.cat([v_p, v_s], 1)  # (B, P+S, Hkv, Dh)
+        if q_p is None:
+            return None, attention(q_s, k, v, bias_s)
+        att = attention(torch.cat([q_p, q_s], 1), k, v, bias)  # (B, P+S, H*Dh)
+        P = q_p.shape[1]
+        return att[:, :P], att[:, P:]
+
+    @staticmethod
+    def _cross_attention(q_p, k_p, v_p, q_s, k_x, v_x, bias_pp, bias_s) -> tuple[Tensor | None, Tensor | None]:
+        """A cross-attention layer: the prefix attends to itself; the expert's queries (if the layer has an expert
+        beside it) attend to the prefix's keys and values, re-projected into the expert's space (`k_x`, `v_x`)."""
+        att_s = attention(q_s, k_x, v_x, bias_s[..., : k_x.shape[1]]) if q_s is not None else None
+        att_p = attention(q_p, k_p, v_p, bias_pp) if q_p is not None else None
+        return att_p, att_s
 
     def _heads(self, x: Tensor) -> Tensor:
         """(B, L, H*Dh) -> (B, L, H, Dh)."""
@@ -620,7 +638,7 @@ class SmolVLAModel(nn.Module):
         pad = torch.cat([pad_p, pad_s], dim=1)
         mask = block_causal_mask(pad, torch.cat([flags_p, flags_s], dim=1))  # (B, P+S, P+S)
         positions = torch.cumsum(pad.long(), dim=1) - 1
-        out, _ = self.vlm_with_expert(embs_p, embs_s, mask_to_bias(mask), positions)
+        out = self.vlm_with_expert(embs_p, embs_s, mask_to_bias(mask), positions)
         return self._velocity(out)
 
     def prefill(self, prefix: tuple[Tensor, Tensor, Tensor], copies: int = 1) -> tuple[PrefixCache, Tensor, Tensor]:
@@ -633,7 +651,7 @@ class SmolVLAModel(nn.Module):
         embs_p, pad_p, flags_p = prefix
         mask_pp = block_causal_mask(pad_p, flags_p)
         pos_p = torch.cumsum(pad_p.long(), dim=1) - 1
-        _, cache = self.vlm_with_expert(embs_p, None, mask_to_bias(mask_pp), pos_p, fill_cache=True)
+        cache = self.vlm_with_expert.prefill(embs_p, mask_to_bias(mask_pp), pos_p)
         if copies > 1:
             cache.kv = [None if kv is None else tuple(x.repeat_interleave(copies, 0) for x in kv) for kv in cache.kv]
             pad_p, flags_p, pos_p = (x.repeat_interleave(copies, 0) for x in (pad_p, flags_p, pos_p))
@@ -685,7 +703,7 @@ class SmolVLAModel(nn.Module):
             return F.mse_loss(v_t, u_t, reduction="none")
         cache, bias, positions = self.prefill(prefix, copies=K)
         embs_s, _, _ = self.embed_suffix(x_t, time)
-        out, _ = self.vlm_with_expert(None, embs_s, bias, positions, cache=cache)
+        out = self.vlm_with_expert.denoise_step(embs_s, bias, positions, cache)
         losses = F.mse_loss(self._velocity(out), u_t, reduction="none")  # (B*K, T, A_max)
         return losses.unflatten(0, (actions.shape[0], K)).mean(1)
 
@@ -725,7 +743,7 @@ class SmolVLAModel(nn.Module):
         for step, t in enumerate(times):
             if use_cache:
                 embs_s, _, _ = self.embed_suffix(x, t, tembs[step])
-                out, _ = self.vlm_with_expert(None, embs_s, bias, positions, cache=cache)
+                out = self.vlm_with_expert.denoise_step(embs_s, bias, positions, cache)
                 v = self._velocity(out)
             else:
                 v = self.velocity_uncached(prefix, x, t)
