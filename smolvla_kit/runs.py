@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from smolvla_kit.policy import SmolVLAPolicy
-from smolvla_kit.policy.checkpoint import path_inside, read_json_object, resolve_folder
+from smolvla_kit.policy.checkpoint import looks_like_hub_id, path_inside, read_json_object, resolve_folder
 from smolvla_kit.trained import SHIPPED
 from smolvla_kit.vocabulary import IMAGE_PREFIX, camera_key
 
@@ -52,7 +52,7 @@ def resolve(checkpoint: Path | str) -> Path:
         path = path.parent.parent  # the run
     if path.is_dir() and not (path / "config.json").exists() and (path / CHECKPOINTS / LAST).is_file():
         return latest_checkpoint(path)
-    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.exists()
+    hub_id = looks_like_hub_id(name) and not path.exists()
     if name not in SHIPPED and not hub_id and not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "

@@ -609,8 +609,11 @@ def train_step(
     rows = slice(procs.rank * share * cfg.noise_samples, (procs.rank + 1) * share * cfg.noise_samples)
     torch.manual_seed(cfg.seed * 7_919 + step)
     noise, flow_time = policy.model.draw_flow_noise(cfg.batch_size * cfg.noise_samples, device)  # (B*K, T, A), (B*K,)
-    # Divide by the whole batch's weight (summed over the processes): their averaged gradients are the batch's.
-    weight_total = _all_sum(policy.loss_weights(batch, cfg.played_weight).sum().to(device), procs) / procs.world
+    # Under a launch, divide by the whole batch's weight (summed over the processes): their averaged gradients are
+    # then the batch's. One process divides by its own batch's weight, forward's default.
+    weight_total = None
+    if procs.world > 1:
+        weight_total = _all_sum(policy.loss_weights(batch, cfg.played_weight).sum().to(device), procs) / procs.world
     with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision else contextlib.nullcontext():
         loss, _ = model(batch, noise=noise[rows], time=flow_time[rows], noise_samples=cfg.noise_samples,
                         played_weight=cfg.played_weight, weight_total=weight_total)
@@ -821,9 +824,9 @@ def _prepare_model(policy: Any, cfg: TrainConfig, device: torch.device, procs: P
 def _restore(resume_from: Path, saved_state: dict, optimizer: torch.optim.Optimizer, ema: WeightAverage | None,
              cfg: TrainConfig) -> int:
     """Load a checkpoint's optimiser state, random state and raw weights; return the step it was saved at."""
-    from safetensors.torch import load_file
+    from smolvla_kit.policy.checkpoint import read_safetensors
 
-    tensors = load_file(str(resume_from / "training_state.safetensors"))
+    tensors = read_safetensors(resume_from / "training_state.safetensors", what="optimiser and random state")
     _load_optimizer(optimizer, tensors, saved_state["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
     saved_decay = saved_state["train_config"].get("ema_decay", 0.0)

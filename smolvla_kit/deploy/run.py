@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from smolvla_kit import runs
 from smolvla_kit.vocabulary import CONTROL_HZ
 
 log = logging.getLogger("smolvla_kit.deploy")
@@ -131,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     import torch
 
+    from smolvla_kit import runs
     from smolvla_kit.collect import HELD_OUT_SEED_START
     from smolvla_kit.deploy.client import ClientConfig, LocalPolicy, RemotePolicy, RobotClient
     from smolvla_kit.deploy.robots import virtual_follower

@@ -62,6 +62,11 @@ def hub_offline_error(repo_id: str, what: str = "checkpoint") -> OSError:
     )
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hugging Face Hub id, "owner/name" (not a relative or absolute path)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
+
+
 def resolve_folder(path_or_id: str | Path) -> Path:
     """A local folder as is; the name of a checkpoint the kit ships (`kit:nano-pick-place`) as its folder; a Hub id
     downloaded (or found in the cache) with only the files SmolVLA needs."""
@@ -73,7 +78,7 @@ def resolve_folder(path_or_id: str | Path) -> Path:
     if path.is_dir():
         return path
     repo_id = str(path_or_id)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+    if not looks_like_hub_id(repo_id):
         raise FileNotFoundError(f"{repo_id!r} is neither an existing folder nor a Hub id like 'lerobot/smolvla_base'.")
     from huggingface_hub import snapshot_download
 
@@ -321,7 +326,7 @@ def model_reference(name: object, folder: Path, source: str) -> str:
     local = folder / path
     if local.exists():
         return str(path_inside(folder, name, source))
-    if name.count("/") == 1 and not name.startswith(".") and "\\" not in name:
+    if looks_like_hub_id(name):
         return name  # a Hub id
     raise FileNotFoundError(
         f"{source} is {name!r}, a folder relative to the checkpoint, but {local} does not exist. Copy that folder "

@@ -80,15 +80,12 @@ class SmolVLAPolicy(nn.Module):
     def loss_weights(self, batch: Mapping[str, Any], played_weight: float = 1.0) -> Tensor:
         """(B, T) weight of each action of each chunk in the loss: `played_weight` for the first `n_action_steps`,
         1 for the rest, 0 past the episode's end (`"action_is_pad"`)."""
-        B, T = len(batch[ACTION_KEY]), self.config.chunk_size
-        weights = torch.ones(B, T)
+        B = len(batch[ACTION_KEY])
+        weights = torch.ones(B, self.config.chunk_size)
         weights[:, : self.config.n_action_steps] = played_weight
-        is_pad = batch.get("action_is_pad")
+        is_pad = self.processor.action_padding(batch, B)
         if is_pad is not None:
-            is_pad = torch.as_tensor(is_pad).bool().cpu()
-            if is_pad.shape != (B, T):
-                raise ValueError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {(B, T)}.")
-            weights = weights * ~is_pad  # steps past the episode end carry no target
+            weights = weights * ~is_pad.cpu()  # steps past the episode end carry no target
         return weights
 
     # -- inference ------------------------------------------------------------------------------

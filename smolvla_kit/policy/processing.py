@@ -283,12 +283,19 @@ class SmolVLAProcessor:
                 f"{ACTION_KEY!r} has shape {tuple(actions.shape)}; expected (B, {cfg.chunk_size}, {cfg.action_dim})."
             )
         actions = F.pad(self.normalizer.normalize(actions, "action"), (0, cfg.max_action_dim - cfg.action_dim))
+        is_pad = self.action_padding(batch, actions.shape[0])
+        return actions, None if is_pad is None else is_pad.to(device)
+
+    def action_padding(self, batch: Mapping[str, Any], batch_size: int) -> Tensor | None:
+        """The batch's (B, T) flags of chunk steps past the episode's end (`"action_is_pad"`), checked; None if absent."""
         is_pad = batch.get("action_is_pad")
-        if is_pad is not None:
-            is_pad = torch.as_tensor(is_pad).bool().to(device)
-            if is_pad.shape != actions.shape[:2]:
-                raise ValueError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {tuple(actions.shape[:2])}.")
-        return actions, is_pad
+        if is_pad is None:
+            return None
+        is_pad = torch.as_tensor(is_pad).bool()
+        expected = (batch_size, self.config.chunk_size)
+        if tuple(is_pad.shape) != expected:
+            raise ValueError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {expected}.")
+        return is_pad
 
     # -- model outputs -> actions -----------------------------------------------------------------
     def postprocess(self, actions: Tensor) -> Tensor:

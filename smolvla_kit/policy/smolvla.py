@@ -325,6 +325,7 @@ class SmolVLMWithExpert(nn.Module):
         self.num_expert_layers = len(self.lm_expert.layers)
         self.head_dim = text_cfg.head_dim
         self.gradient_checkpointing = False  # see `_finish`; TrainConfig.gradient_checkpointing sets it
+        self._patch_ids: dict[tuple, Tensor] = {}  # vision position ids per patch grid and device (`embed_images`)
         # Expert layer j runs beside VLM layer j * (num_vlm / num_expert); other VLM layers have none.
         every = self.num_vlm_layers // self.num_expert_layers
         self.expert_at = [i // every if i % every == 0 else None for i in range(self.num_vlm_layers)]
@@ -349,9 +350,12 @@ class SmolVLMWithExpert(nn.Module):
         cfg = self.vlm.config.vision_config
         emb = vision.embeddings
         x = emb.patch_embedding(images.to(emb.patch_embedding.weight.dtype))  # (N, Dv, H/p, W/p)
-        patch_mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.bool, device=x.device)
-        ids = patch_position_ids(patch_mask, cfg.image_size // cfg.patch_size, self.config.vision_position_ids)
-        h = x.flatten(2).transpose(1, 2) + emb.position_embedding(ids)  # (N, T_patch, Dv)
+        grid = (x.shape[2], x.shape[3], x.device)
+        if grid not in self._patch_ids:  # the same for every image of this size: computed once
+            whole = torch.ones(1, grid[0], grid[1], dtype=torch.bool, device=x.device)  # every patch holds picture
+            per_side = cfg.image_size // cfg.patch_size
+            self._patch_ids[grid] = patch_position_ids(whole, per_side, self.config.vision_position_ids)  # (1, T)
+        h = x.flatten(2).transpose(1, 2) + emb.position_embedding(self._patch_ids[grid])  # (N, T_patch, Dv)
         for layer in vision.encoder.layers:  # pre-norm transformer layers
             h = h + vision_attention(layer.self_attn, layer.layer_norm1(h), cfg.num_attention_heads)
             h = h + layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.layer_norm2(h)), approximate="tanh"))
