@@ -35,9 +35,10 @@ COLUMNS = ["train_minutes", "steps", "samples_per_chunk", "success_rate", "grasp
 
 
 def main() -> None:
-    from smolvla_kit.cli import add_dataclass_arguments, add_recipe_argument, explicit_values
+    from smolvla_kit.cli import add_recipe_argument
     from smolvla_kit.collect import VALIDATION_SEED_START, CollectConfig, collect
     from smolvla_kit.evaluate import EvalConfig, evaluate
+    from smolvla_kit.flags import add_dataclass_arguments, explicit_values
     from smolvla_kit.recipes import recipe
     from smolvla_kit.runs import latest_checkpoint
     from smolvla_kit.train import TrainConfig, train

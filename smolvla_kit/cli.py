@@ -17,84 +17,12 @@ recipe (smolvla_kit/recipes.py) fills every field the command line does not set.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import json
 import os
 import sys
-import textwrap
-import typing
-from pathlib import Path
-from typing import Any, Callable
 
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each field of a dataclass (its documentation)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _parser_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
-    """(converter, is_bool) for a field annotation; JSON for lists and dicts."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        return _parser_type(args[0])
-    if annotation is bool:
-        return None, True
-    if annotation in (int, float, str):
-        return annotation, False
-    if annotation is Path:
-        return Path, False
-    return json.loads, False
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), prefix: str = "",
-                            keep_defaults: bool = True) -> None:
-    """One `--flag` per dataclass field (snake_case -> kebab-case, after `prefix`), defaults and help from the class.
-
-    With `keep_defaults=False` a flag that is not given stays out of the parsed namespace, so that
-    `explicit_values` can tell it from one given with the default's value (a recipe fills the rest).
-    """
-    docs = _field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        convert, is_bool = _parser_type(hints[f.name])
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        dest = (prefix + f.name).replace("-", "_")
-        parsed_default = default if keep_defaults else argparse.SUPPRESS
-        help_text = docs.get(f.name, "")
-        if is_bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=parsed_default,
-                                help=f"{help_text} (default: {default})".strip())
-        else:
-            shown = json.dumps(default) if isinstance(default, (list, dict, tuple)) else default
-            parser.add_argument(flag, dest=dest, type=convert, default=parsed_default,
-                                help=f"{help_text} (default: {shown})".strip())
-
-
-def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
-    """The fields of `cls` in the parsed namespace, by field name: all of them, or with `keep_defaults=False` only
-    those given on the command line."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        dest = (prefix + f.name).replace("-", "_")
-        if hasattr(args, dest):
-            values[f.name] = getattr(args, dest)
-    return values
+from smolvla_kit.errors import exit_code
+from smolvla_kit.flags import add_dataclass_arguments, explicit_values
 
 
 def add_recipe_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -227,40 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or a missing device rather than a bug: the CLI prints their message alone."""
-    from smolvla_kit.data.layout import DatasetError
-    from smolvla_kit.deploy.client import PolicyServerError
-    from smolvla_kit.deploy.protocol import ProtocolError
-    from smolvla_kit.robot.calibration import CalibrationError
-    from smolvla_kit.robot.cameras import CameraError
-    from smolvla_kit.robot.feetech import FeetechError
-    from smolvla_kit.robot.so101 import RobotError
-    from smolvla_kit.train import LaunchError
-    from smolvla_kit.vocabulary import CameraMismatch
-
-    return (FileNotFoundError, ValueError, FloatingPointError, DatasetError, PolicyServerError, ProtocolError,
-            CalibrationError, CameraError, FeetechError, RobotError, LaunchError, CameraMismatch)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """`smolvla-kit ...`; returns the exit code (0 done, 2 a refused input with its message, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def dispatch() -> int:
         if argv and argv[0] in _PASSTHROUGH:
             return _PASSTHROUGH[argv[0]](argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: everything finished before this point is saved; re-run the command to resume.",
-              file=sys.stderr)
-        return 130
-    except Exception as err:
-        # The kit's messages name the file, key or value and what to do; a traceback would bury them.
-        if os.environ.get("SMOLVLA_KIT_TRACEBACK") or not isinstance(err, _input_errors()):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        print("(SMOLVLA_KIT_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
-        return 2
+
+    return exit_code(dispatch)
 
 
 if __name__ == "__main__":

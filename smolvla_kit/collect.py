@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.vocabulary import ACTION_KEY, CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
 VALIDATION_SEED_START = 10_000_000
@@ -77,17 +78,17 @@ class CollectConfig:
         from smolvla_kit.sim import TASKS
 
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not a simulator task; choose one of {sorted(TASKS)}.")
+            raise InputError(f"task {self.task!r} is not a simulator task; choose one of {sorted(TASKS)}.")
         if self.episodes < 1:
-            raise ValueError(f"episodes (--episodes) must be at least 1, got {self.episodes}.")
+            raise InputError(f"episodes (--episodes) must be at least 1, got {self.episodes}.")
         if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image_size (--image-size) must be between 16 and 1024 pixels, got {self.image_size}.")
+            raise InputError(f"image_size (--image-size) must be between 16 and 1024 pixels, got {self.image_size}.")
         if self.num_cubes is not None and self.num_cubes < 1:
-            raise ValueError(f"num_cubes (--num-cubes) must be at least 1, got {self.num_cubes}.")
+            raise InputError(f"num_cubes (--num-cubes) must be at least 1, got {self.num_cubes}.")
         if not 0.0 <= self.noise_deg <= 45.0:  # also refuses NaN
-            raise ValueError(f"noise_deg (--noise-deg) must be between 0 and 45 degrees, got {self.noise_deg}.")
+            raise InputError(f"noise_deg (--noise-deg) must be between 0 and 45 degrees, got {self.noise_deg}.")
         if self.workers < 0 or self.max_attempts < 1:
-            raise ValueError(
+            raise InputError(
                 f"workers must be >= 0 and max_attempts >= 1, got {self.workers} and {self.max_attempts}."
             )
 
@@ -218,19 +219,19 @@ def _check_settings(root: Path, cfg: CollectConfig) -> None:
     if not path.exists():
         if cfg.append_to_foreign:
             return
-        raise ValueError(
+        raise InputError(
             f"{root} holds {committed} episodes that the kit's collect did not record (no {SETTINGS_FILE}). Record "
             f"into a new --out folder, or pass --append-to-foreign to add simulated episodes after them."
         )
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
+        raise InputError(f"{path}: unreadable ({err}); delete it to resume with the current settings.") from err
     settings = _episode_settings(cfg)
     differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
     if differ:
         changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
-        raise ValueError(
+        raise InputError(
             f"{root} holds {committed} episodes recorded with {changes} ({path}). Resume with the same "
             "settings, or record into a new --out folder."
         )

@@ -29,6 +29,7 @@ import torch
 
 from smolvla_kit import runs
 from smolvla_kit.collect import HELD_OUT_SEED_START, exit_with_parent
+from smolvla_kit.errors import InputError
 from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
 
@@ -76,9 +77,9 @@ class EvalConfig:
         for name, (value, lowest) in at_least.items():
             if value is not None and value < lowest:
                 flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{name} ({flag}) must be at least {lowest}, got {value}.")
+                raise InputError(f"{name} ({flag}) must be at least {lowest}, got {value}.")
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype (--dtype) must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+            raise InputError(f"dtype (--dtype) must be 'float32' or 'bfloat16', got {self.dtype!r}.")
 
 
 def run_episode(
@@ -142,7 +143,7 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
     `language`. A policy that found the named cube scores roughly the joint distance between the two cubes.
     """
     if len(seeds) < 2 or len(env.colors) < 2:
-        raise ValueError("input_sensitivity needs at least two seeds and two cubes.")
+        raise InputError("input_sensitivity needs at least two seeds and two cubes.")
     first = [env.reset(seed=s, options={"target_color": env.colors[0]})[0] for s in seeds]
     image_keys = [k for k in first[0] if k.startswith(IMAGE_PREFIX)]
     arm = slice(0, 5)  # the five arm joints; the gripper has its own units
@@ -160,14 +161,10 @@ def input_sensitivity(policy: Any, env: Any, seeds: list[int]) -> dict[str, floa
 
 def _load(cfg: EvalConfig, checkpoint: Path) -> tuple[Any, Any]:
     """The policy with the evaluation's sampler settings, and a simulator whose cameras match its training data."""
-    from smolvla_kit.policy import SmolVLAPolicy
     from smolvla_kit.sim import SO101Env
 
-    overrides = {name: value for name, value in (("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps),
-                                                 ("samples_per_chunk", cfg.samples_per_chunk)) if value is not None}
-    policy = SmolVLAPolicy.from_pretrained(checkpoint, **overrides)
-    policy.set_dtype(cfg.dtype)
-    policy.eval()
+    policy = runs.load(checkpoint, dtype=cfg.dtype, n_action_steps=cfg.n_action_steps, num_steps=cfg.num_steps,
+                       samples_per_chunk=cfg.samples_per_chunk)
     cameras = tuple(k.rsplit(".", 1)[-1] for k in policy.config.image_keys)
     image_size = runs.trained_image_size(checkpoint) or policy.config.image_size
     env = SO101Env(task=cfg.task, image_size=image_size, cameras=cameras, num_cubes=cfg.num_cubes,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smolvla_kit.collect import CollectConfig
+from smolvla_kit.errors import InputError
 from smolvla_kit.evaluate import EvalConfig
 from smolvla_kit.train import TrainConfig
 
@@ -98,7 +99,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (PICK_PLACE, SHIPPED, COURSE, Q
 def recipe(name: str) -> Recipe:
     """The recipe called `name`, or an error that lists the others."""
     if name not in RECIPES:
-        raise ValueError(f"No recipe called {name!r}; the kit has {', '.join(RECIPES)} (smolvla_kit/recipes.py).")
+        raise InputError(f"No recipe called {name!r}; the kit has {', '.join(RECIPES)} (smolvla_kit/recipes.py).")
     return RECIPES[name]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from smolvla_kit.errors import MissingFile
 from smolvla_kit.policy import SmolVLAPolicy
 from smolvla_kit.policy.checkpoint import looks_like_hub_id, path_inside, read_json_object, resolve_folder
 from smolvla_kit.trained import SHIPPED
@@ -37,7 +38,7 @@ def latest_checkpoint(run: Path | str) -> Path | None:
         return None
     path = path_inside(pointer.parent, pointer.read_text().strip(), str(pointer))
     if not (path / "training_state.json").exists():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{pointer} names {path.name}, which is missing or incomplete. Delete {pointer} to start over, or point "
             f"it at another folder in {pointer.parent}."
         )
@@ -54,7 +55,7 @@ def resolve(checkpoint: Path | str) -> Path:
         return latest_checkpoint(path)
     hub_id = looks_like_hub_id(name) and not path.exists()
     if name not in SHIPPED and not hub_id and not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path} is not a checkpoint folder (no config.json). Pass a folder such as "
             f"outputs/train/nano/checkpoints/step_003000, a run folder or its checkpoints/last file, one the kit "
             f"ships ({', '.join(SHIPPED)}) or a Hub id such as lerobot/smolvla_base."
@@ -62,9 +63,16 @@ def resolve(checkpoint: Path | str) -> Path:
     return resolve_folder(name)
 
 
-def load(checkpoint: Path | str, device: str | torch.device = "cpu", **overrides: Any) -> SmolVLAPolicy:
-    """The policy in `checkpoint` (anything `resolve` takes), with config `overrides` such as n_action_steps."""
-    return SmolVLAPolicy.from_pretrained(resolve(checkpoint), device=device, **overrides)
+def load(checkpoint: Path | str, device: str | torch.device = "cpu", dtype: str = "float32",
+         **overrides: Any) -> SmolVLAPolicy:
+    """The policy in `checkpoint` (anything `resolve` takes) in eval mode, its VLM and expert in `dtype`, with
+    config `overrides` such as n_action_steps; an override that is None keeps the checkpoint's setting, so unset
+    options pass straight through."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    policy = SmolVLAPolicy.from_pretrained(resolve(checkpoint), device=device, **given)
+    policy.set_dtype(dtype)
+    policy.eval()
+    return policy
 
 
 def trained_image_size(checkpoint: Path) -> int | None:

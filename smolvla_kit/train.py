@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from smolvla_kit.errors import InputError, KitError, NonFinite
 from smolvla_kit.runs import CHECKPOINTS, LAST, latest_checkpoint
 from smolvla_kit.vocabulary import ACTION_KEY, STATE_KEY
 
@@ -175,38 +176,38 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse settings a run cannot train with (on a resolved config)."""
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}.")
+            raise InputError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}.")
         if not (math.isfinite(self.lr) and self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0):
-            raise ValueError(
+            raise InputError(
                 f"lr and grad_clip must be positive and finite, weight_decay >= 0; got {self.lr}, {self.grad_clip} and "
                 f"{self.weight_decay}."
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1] and warmup_steps >= 0, got {self.min_lr_ratio} and "
+            raise InputError(f"min_lr_ratio must be in [0, 1] and warmup_steps >= 0, got {self.min_lr_ratio} and "
                              f"{self.warmup_steps}.")
         if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}.")
+            raise InputError(f"max_minutes must be positive, got {self.max_minutes}.")
         if not 0.0 <= self.start_share <= 1.0:
-            raise ValueError(f"start_share must be between 0 and 1, got {self.start_share}.")
+            raise InputError(f"start_share must be between 0 and 1, got {self.start_share}.")
         if self.played_weight <= 0:
-            raise ValueError(f"played_weight must be positive, got {self.played_weight}.")
+            raise InputError(f"played_weight must be positive, got {self.played_weight}.")
         if self.noise_samples < 1:
-            raise ValueError(f"noise_samples must be at least 1, got {self.noise_samples}.")
+            raise InputError(f"noise_samples must be at least 1, got {self.noise_samples}.")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+            raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
         if self.camera_warmup_steps < 0 or self.camera_warmup_frames < 1:
-            raise ValueError(
+            raise InputError(
                 f"camera_warmup_steps must be >= 0 and camera_warmup_frames >= 1, got "
                 f"{self.camera_warmup_steps} and {self.camera_warmup_frames}."
             )
         if self.frozen_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"frozen_dtype must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}.")
+            raise InputError(f"frozen_dtype must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}.")
         if self.frozen_dtype == "bfloat16" and not self.mixed_precision:
-            raise ValueError("frozen_dtype bfloat16 needs mixed_precision (bfloat16 autocast): pass --mixed-precision.")
+            raise InputError("frozen_dtype bfloat16 needs mixed_precision (bfloat16 autocast): pass --mixed-precision.")
         if self.loader_workers < 0:
-            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}.")
+            raise InputError(f"loader_workers must be >= 0, got {self.loader_workers}.")
         if self.camera_warmup_steps and self.camera_warmup_steps >= self.steps:
-            raise ValueError(
+            raise InputError(
                 f"The camera warm-up ({self.camera_warmup_steps} steps) would take the whole run of {self.steps} "
                 f"steps; lower --camera-warmup-steps or raise --steps."
             )
@@ -232,7 +233,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(KitError, RuntimeError):
     """Another process of a torchrun launch failed, so this one stopped (its checkpoints are intact)."""
 
 
@@ -298,7 +299,7 @@ def _check_same_everywhere(procs: Processes, settings: dict[str, Any], device: t
     dist.all_gather(every, mine)
     differ = [r for r, h in enumerate(every) if int(h) != int(every[0])]
     if differ:
-        raise ValueError(
+        raise InputError(
             f"The processes of this launch do not agree on the run's settings or data: ranks {differ} differ from "
             f"rank 0. Start every process with the same command, on the same dataset and run folder."
         )
@@ -431,7 +432,7 @@ class WeightAverage:
         """Resume: the model holds the average (the saved policy); put the raw weights back from `tensors`."""
         missing = [name for name in self.params if f"raw.{name}" not in tensors]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{source} has no raw weights for {missing[0]} (and {len(missing) - 1} more): it was saved without "
                 f"ema_decay. Resume it with ema_decay 0, or start a new run folder."
             )
@@ -619,7 +620,7 @@ def train_step(
                         played_weight=cfg.played_weight, weight_total=weight_total)
     loss_all = _all_sum(loss.detach(), procs) / procs.world  # the whole batch's loss
     if not torch.isfinite(loss_all):
-        raise FloatingPointError(
+        raise NonFinite(
             f"The loss became {loss_all.item()} at step {step}. The last checkpoint ({latest_checkpoint(cfg.out)}) is "
             f"intact; lower --lr and resume."
         )
@@ -639,7 +640,7 @@ def _train(
 
     cfg = cfg.resolved(device)
     if cfg.batch_size % procs.world:
-        raise ValueError(
+        raise InputError(
             f"batch_size {cfg.batch_size} does not split evenly among {procs.world} processes: choose a multiple of "
             f"{procs.world} (it is the whole step's batch; each process takes batch_size / {procs.world})."
         )
@@ -666,7 +667,7 @@ def _train(
                         policy_camera_keys=pcfg.image_keys, grow_cache=True)
     data.preload()
     if len(data) < procs.world:
-        raise ValueError(f"{cfg.dataset} has {len(data)} training frames, fewer than the {procs.world} processes "
+        raise InputError(f"{cfg.dataset} has {len(data)} training frames, fewer than the {procs.world} processes "
                          f"launched: launch at most {len(data)}.")
     _check_same_everywhere(procs, {"settings": _jsonable(asdict(cfg)), "frames": len(data),
                                    "stats": {k: {s: v.tolist() for s, v in d.items()} for k, d in data_stats.items()},
@@ -775,7 +776,7 @@ def _start_policy(cfg: TrainConfig, resume_from: Path | None) -> Any:
         saved = policy.config.to_dict()
         for name, value in overrides.items():  # a resume continues the saved policy: it cannot change its shape
             if json.dumps(saved.get(name), sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise ValueError(
+                raise InputError(
                     f"{resume_from} was trained with {name}={saved.get(name)!r}; this run asks for {name}={value!r}. "
                     f"Resume with the run's own settings or train into a new --out folder."
                 )
@@ -792,7 +793,7 @@ def _check_resume(run: Path, resume_from: Path, saved_state: dict, policy: Any, 
     saved_stats = {k: {s: v.numpy() for s, v in d.items()} for k, d in policy.normalizer.stats_dict().items()}
     differ = _resume_differences(saved_state["train_config"], cfg, saved_stats, data_stats)
     if differ and not cfg.resume:
-        raise ValueError(
+        raise InputError(
             f"{run} holds a run (at {resume_from.name}) that these settings would change:\n  - "
             + "\n  - ".join(differ)
             + "\nRe-run with its own settings to resume it, train into a new --out folder, or pass --resume to "
@@ -831,7 +832,7 @@ def _restore(resume_from: Path, saved_state: dict, optimizer: torch.optim.Optimi
     torch.set_rng_state(tensors["rng.torch"])
     saved_decay = saved_state["train_config"].get("ema_decay", 0.0)
     if saved_decay != cfg.ema_decay:
-        raise ValueError(
+        raise InputError(
             f"{resume_from} was saved with ema_decay {saved_decay}; this run asks for {cfg.ema_decay}. Resume it "
             f"with the same ema_decay, or train into a new --out folder."
         )

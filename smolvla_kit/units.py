@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
+
 JOINT_NAMES: tuple[str, ...] = (
     "shoulder_pan",
     "shoulder_lift",
@@ -74,14 +76,14 @@ def check_joint_vector(x: object, name: str = "action") -> np.ndarray:
     """
     arr = np.asarray(x, dtype=np.float64)
     if arr.shape != (NUM_JOINTS,):
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape ({NUM_JOINTS},) in the order {', '.join(JOINT_NAMES)} "
             f"(degrees, gripper 0..100); got shape {arr.shape}."
         )
     bad = ~np.isfinite(arr)
     if bad.any():
         names = [JOINT_NAMES[i] for i in np.flatnonzero(bad)]
-        raise ValueError(f"{name} contains NaN or infinity for {', '.join(names)}: {arr.tolist()}.")
+        raise InputError(f"{name} contains NaN or infinity for {', '.join(names)}: {arr.tolist()}.")
     return arr
 
 

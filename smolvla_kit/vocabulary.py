@@ -1,12 +1,14 @@
 """The names every part of the kit shares, defined once: observation and action keys, camera keys, the control rate.
 
 The simulator, the datasets, the policy, the robot and the policy server all speak these (they are LeRobot's), so
-this module imports nothing of the kit's and everything may import it.
+this module imports nothing of the kit's but its error types, and everything may import it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+
+from smolvla_kit.errors import CameraMismatch
 
 STATE_KEY = "observation.state"  # (state_dim,) joint positions: 5 arm joints in degrees, the gripper 0..100
 ACTION_KEY = "action"  # (action_dim,) absolute joint targets in the same units; (T, action_dim) for a chunk
@@ -25,22 +27,16 @@ def camera_name(key: str) -> str:
     return key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key
 
 
-class CameraMismatch(KeyError):
-    """Two sides disagree on the camera keys (a policy and a robot, a batch or a dataset's camera map)."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
-
-
 def match_cameras(expected: Sequence[str], given: Iterable[str], *, given_by: str, expected_by: str,
-                  hint: str = "") -> None:
+                  hint: str = "", error: type[CameraMismatch] = CameraMismatch) -> None:
     """Raise CameraMismatch unless `given` holds exactly the camera keys `expected` (in any order), naming both
-    sides, the missing and the unexpected keys, and `hint` (what to do)."""
+    sides, the missing and the unexpected keys, and `hint` (what to do). `error` may name a subclass that says
+    more of where it happened (a dataset's camera map raises one that is also a DatasetError)."""
     given = list(given)
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     if missing or unexpected:
-        raise CameraMismatch(
+        raise error(
             f"camera keys do not match: {given_by} {given}, {expected_by} {list(expected)} (missing {missing}, "
             f"unexpected {unexpected}). {hint}".rstrip()
         )

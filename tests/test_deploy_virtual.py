@@ -55,13 +55,13 @@ def test_served_policy_can_average_several_chunks(nano_checkpoint):
 
 
 def test_deploy_refuses_bad_arguments_clearly(nano_checkpoint, tmp_path, capsys):
-    assert main(["--port", "/dev/ttyACM0", "--checkpoint", str(nano_checkpoint)]) == 1
+    assert main(["--port", "/dev/ttyACM0", "--checkpoint", str(nano_checkpoint)]) == 2
     assert "--task is required on a real arm" in capsys.readouterr().err
-    assert main(["--port", "virtual", "--checkpoint", str(tmp_path)]) == 1
+    assert main(["--port", "virtual", "--checkpoint", str(tmp_path)]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
     rc = main(["--port", "/dev/does-not-exist", "--checkpoint", str(nano_checkpoint), "--task", "touch the red cube",
                "--log-level", "ERROR"])
-    assert rc == 1
+    assert rc == 2
     assert "/dev/does-not-exist" in capsys.readouterr().err
 
 

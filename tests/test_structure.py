@@ -89,8 +89,10 @@ def test_shared_names_are_defined_once():
     ]
 
 
-def test_vocabulary_imports_nothing_of_the_kit():
-    assert GRAPH["smolvla_kit.vocabulary"] == set()
+def test_vocabulary_imports_nothing_of_the_kit_but_its_error_types():
+    """The vocabulary's camera check raises a KitError; errors.py, like flags.py, is a leaf."""
+    assert GRAPH["smolvla_kit.vocabulary"] == {"smolvla_kit.errors"}
+    assert GRAPH["smolvla_kit.errors"] == set() and GRAPH["smolvla_kit.flags"] == set()
 
 
 def test_a_checkpoint_resolves_from_each_way_of_naming_it(tmp_path):

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from smolvla_kit.errors import KitError
 from smolvla_kit.units import JOINT_NAMES
 from smolvla_kit.vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
@@ -76,7 +77,7 @@ STAGING_DIR = ".staging"
 TMP_SUFFIX = ".tmp"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(KitError, RuntimeError):
     """A dataset file is missing, corrupted or does not match what the caller needs.
 
     The message always names the file (or feature key) and what to do next.

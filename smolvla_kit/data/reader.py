@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import MissingKey
+
 from .layout import (
     ACTION_KEY,
     EPISODES_DIR,
@@ -683,7 +685,7 @@ class LeRobotDatasetReader:
 
     def _check_camera(self, key: str) -> None:
         if key not in self.meta.camera_keys:
-            raise KeyError(f"{self.root / INFO_PATH}: no camera '{key}'; cameras: {self.meta.camera_keys}.")
+            raise MissingKey(f"{self.root / INFO_PATH}: no camera '{key}'; cameras: {self.meta.camera_keys}.")
 
     def _decode_image_column(self, ep: EpisodeInfo, key: str) -> np.ndarray:
         """Image features stored inside the parquet file (LeRobot `dtype: image`): PNG/JPEG bytes per row."""

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
+
 QUANTILES: tuple[float, ...] = (0.01, 0.10, 0.50, 0.90, 0.99)
 QUANTILE_KEYS: tuple[str, ...] = tuple(f"q{int(round(q * 100)):02d}" for q in QUANTILES)
 STAT_KEYS: tuple[str, ...] = ("min", "max", "mean", "std", "count", *QUANTILE_KEYS)
@@ -121,10 +123,10 @@ def stats_to_json(stats: Stats) -> dict[str, dict[str, Any]]:
 def stats_from_json(obj: dict, source: str = "stats.json") -> Stats:
     out: Stats = {}
     if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a JSON object of features, got {type(obj).__name__}.")
+        raise InputError(f"{source}: expected a JSON object of features, got {type(obj).__name__}.")
     for key, d in obj.items():
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: stats of '{key}' must be an object with mean/std/..., got {d!r:.80}.")
+            raise InputError(f"{source}: stats of '{key}' must be an object with mean/std/..., got {d!r:.80}.")
         out[key] = {
             s: np.atleast_1d(np.asarray(v, dtype=np.int64 if s == "count" else np.float64)) for s, v in d.items()
         }
@@ -151,7 +153,7 @@ def check_finite(stats: Stats, source: str) -> None:
     for key, d in stats.items():
         for s, v in d.items():
             if not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
-                raise ValueError(f"{source}: stats '{key}/{s}' contains NaN or infinity.")
+                raise InputError(f"{source}: stats '{key}/{s}' contains NaN or infinity.")
 
 
 __all__ = [

@@ -26,6 +26,8 @@ import warnings
 import numpy as np
 import torch
 
+from smolvla_kit.errors import InputError, InputTypeError
+
 from ..vocabulary import ACTION_KEY, STATE_KEY
 from .layout import INFO_PATH, DatasetError
 from .reader import DatasetMeta, LeRobotDatasetReader, require_finite
@@ -61,7 +63,9 @@ def resolve_camera_map(
     if not isinstance(camera_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in camera_map.items()
     ):
-        raise TypeError(f"camera_map must be a dict of policy camera key -> dataset camera key, got {camera_map!r}.")
+        raise InputTypeError(
+            f"camera_map must be a dict of policy camera key -> dataset camera key, got {camera_map!r}."
+        )
     unknown = {p: d for p, d in camera_map.items() if d not in available}
     if unknown:
         raise DatasetError(
@@ -136,7 +140,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         grow_cache: bool = False,
     ):
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+            raise InputError(f"chunk_size must be >= 1, got {chunk_size}.")
         self.reader = reader
         self.chunk_size = int(chunk_size)
         meta = reader.meta

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
+
 from .layout import DatasetError
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def check_encoder(codec: str) -> None:
     try:
         av.codec.Codec(codec, "w")
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(
+        raise InputError(
             f"Video encoder '{codec}' is not available in this PyAV build (av {av.__version__}). "
             f"Use VideoSettings(codec='libx264') (H.264, in every PyAV wheel)."
         ) from exc
@@ -130,7 +132,7 @@ class VideoStreamWriter:
         self.fps = int(fps)
         self.height, self.width = int(height), int(width)
         if self.height % 2 or self.width % 2:
-            raise ValueError(
+            raise InputError(
                 f"{settings.pix_fmt} video needs an even height and width; got {self.height}x{self.width} for "
                 f"{self.path.name}. Crop or resize the camera image by one pixel."
             )

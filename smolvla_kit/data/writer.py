@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import InputError, InputTypeError
+
 from .layout import (
     CODEBASE_VERSION,
     DATA_PATH,
@@ -226,20 +228,20 @@ class LeRobotDatasetWriter:
             if key in INDEX_FEATURES:
                 continue
             if "/" in key:
-                raise ValueError(f"Feature name '{key}' must not contain '/' (LeRobot uses it as a separator).")
+                raise InputError(f"Feature name '{key}' must not contain '/' (LeRobot uses it as a separator).")
             ft = dict(ft)
             ft["shape"] = [int(s) for s in ft["shape"]]
             if ft["dtype"] == "image":
-                raise ValueError(
+                raise InputError(
                     f"Feature '{key}': dtype 'image' (frames stored inside parquet) is not written by the kit; use "
                     f"dtype 'video'."
                 )
             if ft["dtype"] == "video":
                 if len(ft["shape"]) != 3 or ft["shape"][2] != 3:
-                    raise ValueError(f"Video feature '{key}' must have shape [height, width, 3], got {ft['shape']}.")
+                    raise InputError(f"Video feature '{key}' must have shape [height, width, 3], got {ft['shape']}.")
                 ft.setdefault("names", ["height", "width", "channels"])
             elif len(ft["shape"]) != 1:
-                raise ValueError(f"Feature '{key}': only 1-D vectors are supported, got shape {ft['shape']}.")
+                raise InputError(f"Feature '{key}': only 1-D vectors are supported, got shape {ft['shape']}.")
             else:
                 np.dtype(ft["dtype"])  # raises TypeError for an unknown dtype
             out[key] = ft
@@ -493,20 +495,20 @@ class LeRobotDatasetWriter:
         """
         self._check_usable()
         if not isinstance(frame, dict):
-            raise TypeError(f"add_frame expects a dict of features, got {type(frame).__name__}.")
+            raise InputTypeError(f"add_frame expects a dict of features, got {type(frame).__name__}.")
         user = {k: ft for k, ft in self.features.items() if k not in INDEX_FEATURES}
         given = set(frame) - {"task"}
         if "task" not in frame or given != set(user):
             missing = sorted(set(user) - given) + ([] if "task" in frame else ["task"])
             extra = sorted(given - set(user))
-            raise ValueError(
+            raise InputError(
                 f"add_frame: the frame does not match the dataset's features ({self.root / INFO_PATH}). Missing: "
                 f"{missing or 'none'}; unexpected: {extra or 'none'}. Expected keys: {sorted(user) + ['task']} "
                 f"(timestamp, frame_index, episode_index, index and task_index are filled in by the writer)."
             )
         task = frame["task"]
         if not isinstance(task, str) or not task:
-            raise ValueError(f"add_frame: 'task' must be a non-empty string, got {task!r}.")
+            raise InputError(f"add_frame: 'task' must be a non-empty string, got {task!r}.")
         values = {}
         for key, ft in user.items():  # validate everything before touching any state
             values[key] = (
@@ -550,9 +552,9 @@ class LeRobotDatasetWriter:
         arr = self._as_numpy(value)
         shape = tuple(ft["shape"])
         if arr.shape != shape and not (shape == (1,) and arr.shape == ()):
-            raise ValueError(f"add_frame: '{key}' must have shape {shape}, got {arr.shape}.")
+            raise InputError(f"add_frame: '{key}' must have shape {shape}, got {arr.shape}.")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise ValueError(f"add_frame: '{key}' contains NaN or infinity: {arr.tolist()}.")
+            raise InputError(f"add_frame: '{key}' contains NaN or infinity: {arr.tolist()}.")
         return arr.astype(ft["dtype"]).reshape(shape)
 
     def _image(self, key: str, ft: dict, value: Any) -> np.ndarray:
@@ -561,12 +563,12 @@ class LeRobotDatasetWriter:
         if arr.shape == (3, h, w):  # channel-first (torch convention) -> HWC
             arr = arr.transpose(1, 2, 0)
         if arr.shape != (h, w, 3):
-            raise ValueError(
+            raise InputError(
                 f"add_frame: '{key}' must be an image of shape ({h}, {w}, 3) (or (3, {h}, {w})), got {arr.shape}."
             )
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating) or arr.min() < 0.0 or arr.max() > 1.0:
-                raise ValueError(
+                raise InputError(
                     f"add_frame: '{key}' must be uint8 0..255 or float 0..1, got {arr.dtype} in [{arr.min()}, {arr.max()}]."
                 )
             arr = np.round(arr * 255.0).astype(np.uint8)
@@ -588,7 +590,7 @@ class LeRobotDatasetWriter:
         self._check_usable()
         n = len(self._buf_task)
         if n == 0:
-            raise ValueError("save_episode: no frame was added since the last save; call add_frame first.")
+            raise InputError("save_episode: no frame was added since the last save; call add_frame first.")
         ep_index = self.num_episodes
         first = self._first_index
         cs = int(self.info["chunks_size"])
@@ -842,7 +844,7 @@ def recompute_stats(root: str | Path, from_data: bool = False) -> Stats:
 
     reader = LeRobotDatasetReader(root)
     if reader.meta.version != "v3.0":
-        raise ValueError(
+        raise InputError(
             f"{reader.root}: stats can only be rewritten for v3.0 datasets (this one is {reader.meta.version}); "
             f"convert it with LeRobot's `convert_dataset_v21_to_v30` first."
         )
@@ -853,7 +855,7 @@ def recompute_stats(root: str | Path, from_data: bool = False) -> Stats:
             st = reader.compute_episode_stats(ep.index)
         per_episode.append(st)
     if not per_episode:
-        raise ValueError(f"{reader.root}: the dataset has no episode; there is nothing to compute stats from.")
+        raise InputError(f"{reader.root}: the dataset has no episode; there is nothing to compute stats from.")
     stats = aggregate_stats(per_episode)
     write_json_atomic(reader.root / STATS_PATH, stats_to_json(stats))
     return stats

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
+
 Aggregator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -58,7 +60,7 @@ def get_aggregator(name: str) -> Aggregator:
     try:
         return AGGREGATORS[name]
     except KeyError:
-        raise ValueError(f"unknown aggregate function {name!r}; choose one of {', '.join(AGGREGATORS)}") from None
+        raise InputError(f"unknown aggregate function {name!r}; choose one of {', '.join(AGGREGATORS)}") from None
 
 
 @dataclass
@@ -131,9 +133,9 @@ def should_send(queue_len: int, chunk_size: int, threshold: float) -> bool:
     threshold 0 waits until the queue is empty (synchronous behaviour); 1 sends at every step.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"chunk_size_threshold must be in [0, 1], got {threshold}")
+        raise InputError(f"chunk_size_threshold must be in [0, 1], got {threshold}")
     if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+        raise InputError(f"chunk_size must be > 0, got {chunk_size}")
     return queue_len / chunk_size <= threshold
 
 

@@ -48,6 +48,7 @@ from smolvla_kit.deploy.protocol import (
     recv_message,
     send_message,
 )
+from smolvla_kit.errors import InputError, KitError
 from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
 
 log = logging.getLogger("smolvla_kit.deploy.client")
@@ -55,7 +56,7 @@ log = logging.getLogger("smolvla_kit.deploy.client")
 PING_EVERY_S = 3.0  # an idle connection sends a ping this often, well inside the server's idle timeout
 
 
-class PolicyServerError(RuntimeError):
+class PolicyServerError(KitError, RuntimeError):
     """The policy server refused us, died, or stopped answering; the message says which and what to do."""
 
 
@@ -260,13 +261,13 @@ class ClientConfig:
 
     def validate(self) -> None:
         if self.mode not in ("sync", "async"):
-            raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
+            raise InputError(f"mode must be 'sync' or 'async', got {self.mode!r}")
         if not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+            raise InputError(f"fps must be > 0, got {self.fps}")
         should_send(0, 1, self.chunk_size_threshold)  # range check
         get_aggregator(self.aggregate)
         if self.n_action_steps is not None and self.n_action_steps < 1:
-            raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
+            raise InputError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
 
 
 @dataclass
@@ -426,7 +427,7 @@ class RobotClient:
         if self.policy_info is None:
             raise RuntimeError("call connect() before run_episode()")
         if max_seconds is None and max_steps is None and is_done is None:
-            raise ValueError("give run_episode a way to end: max_seconds, max_steps or is_done")
+            raise InputError("give run_episode a way to end: max_seconds, max_steps or is_done")
         cfg = self.config
         threshold = cfg.chunk_size_threshold if cfg.mode == "async" else 0.0
         period = 1.0 / cfg.fps

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
+from smolvla_kit.errors import KitError
+
 PROTOCOL_VERSION = 2  # 2: the hello carries a shared token
 TOKEN_ENV = "SMOLVLA_KIT_TOKEN"  # environment variable holding that token, on the server and the robot computer
 MAX_DECODED_ITEMS = 1 << 14  # maps, lists and their entries in one message (a real one holds under a hundred)
@@ -41,7 +43,7 @@ ALLOWED_DTYPES = {
 _ND_KEYS = {"__ndarray__", "dtype", "shape", "data"}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(KitError, ValueError):
     """A frame or message that breaks the protocol (bad magic, too large, malformed, wrong fields)."""
 
 

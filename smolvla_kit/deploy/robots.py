@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY, camera_name
 
 SIM_CAMERAS = ("front", "wrist")
@@ -95,7 +96,7 @@ def virtual_follower(camera_keys: Sequence[str], image_size: int = 128, sim_task
     names = [camera_name(k) for k in camera_keys]
     unknown = [n for n in names if n not in SIM_CAMERAS]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"the policy expects cameras {list(camera_keys)}, but the virtual arm only has {list(SIM_CAMERAS)} "
             f"(observation.images.front / .wrist): use a checkpoint trained in the kit's simulator"
         )

@@ -20,10 +20,15 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from smolvla_kit.vocabulary import CONTROL_HZ
+from smolvla_kit.errors import InputError, exit_code
+from smolvla_kit.flags import add_dataclass_arguments, explicit_values
+
+if TYPE_CHECKING:
+    from smolvla_kit.deploy.client import ClientConfig
+    from smolvla_kit.deploy.service import ServeConfig
 
 log = logging.getLogger("smolvla_kit.deploy")
 
@@ -38,7 +43,7 @@ def _parse_cameras(text: str | None, image_size: int) -> dict[str, Any]:
     for part in text.split(","):
         name, sep, src = part.partition("=")
         if not sep or not name.strip() or not src.strip():
-            raise ValueError(f"--cameras: {part!r} is not NAME=INDEX_OR_PATH (e.g. front=0,wrist=/dev/video2)")
+            raise InputError(f"--cameras: {part!r} is not NAME=INDEX_OR_PATH (e.g. front=0,wrist=/dev/video2)")
         src = src.strip()
         cams[name.strip()] = CameraConfig(index_or_path=int(src) if src.isdigit() else src, width=image_size,
                                           height=image_size)
@@ -48,168 +53,175 @@ def _parse_cameras(text: str | None, image_size: int) -> dict[str, Any]:
 def _parse_max_relative_target(text: str) -> float | list[float] | None:
     if text.lower() == "none":
         return None
-    parts = [float(p) for p in text.split(",")]
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise InputError(f"--max-relative-target {text!r}: give degrees, one number or 6 comma-separated, or "
+                         f"'none'") from None
     return parts[0] if len(parts) == 1 else parts
 
 
+@dataclass
+class DeployConfig:
+    """Run a trained policy on an SO-101 follower (a real one on a serial port, or `--port virtual`)."""
+
+    port: str
+    """Serial port of the arm (/dev/ttyACM0), a virtual arm's pty, or 'virtual' for a simulated arm started here."""
+    async_mode: bool = field(default=False, metadata={"flag": "--async"})
+    """Asynchronous inference: a policy server process computes while the arm moves."""
+    episodes: int = 1
+    """Episodes to run."""
+    task: str | None = None
+    """Instruction, e.g. 'put the red cube in the bin' (required on a real arm; on the virtual arm it picks the cube
+    by colour, else the simulator's own)."""
+    max_relative_target: str = "15"
+    """Largest move per action, degrees: one number, 6 comma-separated, or 'none'."""
+    episode_time_s: float = 30.0
+    """Episode time limit, seconds."""
+    reset_time_s: float | None = None
+    """Real arm: seconds to reset the scene between episodes (unset: wait for Enter)."""
+    calibration: str = "so101"
+    """Real arm: calibration id or JSON path."""
+    cameras: str | None = None
+    """Real arm: NAME=INDEX_OR_PATH,... named as the policy's cameras, e.g. front=0,wrist=2."""
+    image_size: int | None = None
+    """Camera image size (unset: the training data's, from the checkpoint, else 128)."""
+    server: str | None = None
+    """HOST:PORT of a running policy server (unset with --async: start one)."""
+    sim_task: Literal["pick_place", "reach"] = "pick_place"
+    """Virtual arm: simulator task."""
+    seed: int | None = None
+    """Virtual arm: first scene seed (unset: the held-out seeds)."""
+    log_level: str = "INFO"
+    """DEBUG, INFO or WARNING."""
+
+    def check(self) -> None:
+        if self.episodes < 1:
+            raise InputError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.port != "virtual" and not self.task:
+            raise InputError("--task is required on a real arm (the instruction the policy follows)")
+        _parse_max_relative_target(self.max_relative_target)
+
+
+# The policy's settings a deploy takes from ServeConfig: `seed` there would clash with the scene seed, and
+# ClientConfig's n_action_steps already says how many actions of a chunk are played.
+_SERVE_SKIP = ("n_action_steps", "seed")
+# ClientConfig's mode is --async.
+_CLIENT_SKIP = ("mode",)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="smolvla-kit deploy",
-        description="Run a trained policy on an SO-101 follower (a real one on a serial port, or `--port virtual`).",
-    )
-    ap.add_argument("--port", required=True, help="serial port of the arm (/dev/ttyACM0), a virtual arm's pty, or "
-                    "'virtual' for a simulated arm started here")
-    ap.add_argument("--checkpoint", required=True, type=Path, help="kit checkpoint folder or a run's checkpoints/last")
-    ap.add_argument("--async", dest="async_mode", action="store_true",
-                    help="asynchronous inference: a policy server process computes while the arm moves")
-    ap.add_argument("--episodes", type=int, default=1, help="episodes to run (default: 1)")
-    ap.add_argument("--task", default=None, help="instruction, e.g. 'put the red cube in the bin' (required on a real "
-                    "arm; on the virtual arm it picks the cube by colour, default: the simulator's own)")
-    ap.add_argument("--fps", type=float, default=CONTROL_HZ, help=f"control rate (default: {CONTROL_HZ}, as in training)")
-    ap.add_argument("--max-relative-target", default="15",
-                    help="largest move per action, degrees: one number, 6 comma-separated, or 'none' (default: 15)")
-    ap.add_argument("--episode-time-s", type=float, default=30.0, help="episode time limit, seconds (default: 30)")
-    ap.add_argument("--reset-time-s", type=float, default=None,
-                    help="real arm: seconds to reset the scene between episodes (default: wait for Enter)")
-    ap.add_argument("--calibration", default="so101", help="real arm: calibration id or JSON path (default: so101)")
-    ap.add_argument("--cameras", default=None, help="real arm: NAME=INDEX_OR_PATH,... named as the policy's cameras, "
-                    "e.g. front=0,wrist=2")
-    ap.add_argument("--image-size", type=int, default=None,
-                    help="camera image size (default: the training data's, from the checkpoint, else 128)")
-    ap.add_argument("--server", default=None, help="HOST:PORT of a running policy server (default: start one)")
-    ap.add_argument("--chunk-size-threshold", type=float, default=0.7,
-                    help="async: ask for a new chunk when the queue is down to this fraction (default: 0.7)")
-    ap.add_argument("--aggregate", default="weighted_average",
-                    choices=["weighted_average", "latest_only", "average", "conservative"],
-                    help="async: how overlapping actions merge (default: weighted_average)")
-    ap.add_argument("--n-action-steps", type=int, default=None,
-                    help="sync: actions executed per chunk (default: the policy's)")
-    ap.add_argument("--samples-per-chunk", type=int, default=None,
-                    help="chunks drawn per observation and averaged (default: the policy's)")
-    ap.add_argument("--similarity-threshold", type=float, default=1.0,
-                    help="server skips observations within this joint distance (degrees) of the last processed one "
-                    "unless the queue is empty; 0 = off (default: 1.0)")
-    ap.add_argument("--sim-task", default="pick_place", choices=["pick_place", "reach"],
-                    help="virtual arm: simulator task (default: pick_place)")
-    ap.add_argument("--seed", type=int, default=None, help="virtual arm: first scene seed (default: held-out seeds)")
-    ap.add_argument("--num-threads", type=int, default=1, help="torch threads for the policy (default: 1)")
-    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    """`smolvla-kit deploy`'s flags: the fields of DeployConfig, ServeConfig and ClientConfig."""
+    from smolvla_kit.deploy.client import ClientConfig
+    from smolvla_kit.deploy.service import ServeConfig
+
+    ap = argparse.ArgumentParser(prog="smolvla-kit deploy", description=DeployConfig.__doc__,
+                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap.add_argument_group("the arm and the episodes"), DeployConfig)
+    add_dataclass_arguments(ap.add_argument_group("the policy"), ServeConfig, skip=_SERVE_SKIP)
+    add_dataclass_arguments(ap.add_argument_group("the robot loop"), ClientConfig, skip=_CLIENT_SKIP)
     return ap
 
 
 def _color_from_task(task: str, colors: Sequence[str]) -> str:
     found = [c for c in colors if c in task.lower().split()]
     if len(found) != 1:
-        raise ValueError(f"--task {task!r} must name exactly one cube colour on the virtual table: {list(colors)}")
+        raise InputError(f"--task {task!r} must name exactly one cube colour on the virtual table: {list(colors)}")
     return found[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`smolvla-kit deploy ...`; returns the exit code (0 ok, 1 error, 130 Ctrl-C)."""
+    """`smolvla-kit deploy ...`; returns the exit code (0 done, 2 refused or stopped with the reason, 130 Ctrl-C)."""
+    from smolvla_kit.deploy.client import ClientConfig
+    from smolvla_kit.deploy.service import ServeConfig
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return _deploy(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C): torque is off.", file=sys.stderr)
-        return 130
-    except Exception as e:  # a clear one-line reason rather than a traceback for the expected failures
-        from smolvla_kit.deploy.client import PolicyServerError
-        from smolvla_kit.robot.cameras import CameraError
-        from smolvla_kit.robot.feetech import FeetechError
-        from smolvla_kit.robot.so101 import RobotError
-
-        if isinstance(e, (PolicyServerError, RobotError, FeetechError, CameraError, FileNotFoundError, ValueError)):
-            print(f"deploy stopped: {e}\nTorque is off.",
-                  file=sys.stderr)
-            return 1
-        raise
+    cfg = DeployConfig(**explicit_values(args, DeployConfig))
+    serve = ServeConfig(**explicit_values(args, ServeConfig))
+    client = ClientConfig(mode="async" if cfg.async_mode else "sync", **explicit_values(args, ClientConfig))
+    return exit_code(lambda: deploy(cfg, serve, client))
 
 
-def _deploy(args: argparse.Namespace) -> int:
-    import torch
-
+def deploy(cfg: DeployConfig, serve: ServeConfig, client_cfg: ClientConfig | None = None) -> int:
+    """Run `cfg.episodes` episodes of `serve.checkpoint`'s policy on the arm; print how each went. The client runs
+    as `client_cfg` says (its mode follows `cfg.async_mode`). Torque goes off at the end, on any error and on Ctrl-C."""
     from smolvla_kit import runs
     from smolvla_kit.collect import HELD_OUT_SEED_START
     from smolvla_kit.deploy.client import ClientConfig, LocalPolicy, RemotePolicy, RobotClient
     from smolvla_kit.deploy.robots import virtual_follower
     from smolvla_kit.deploy.server import start_server_process
-    from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
     from smolvla_kit.robot.so101 import SO101Follower
 
-    if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    checkpoint = runs.resolve(args.checkpoint)
-    image_size = args.image_size or runs.trained_image_size(checkpoint) or 128
-    max_rel = _parse_max_relative_target(args.max_relative_target)
-    virtual = args.port == "virtual"
-    seed0 = HELD_OUT_SEED_START if args.seed is None else args.seed
-    if not virtual and not args.task:
-        raise ValueError("--task is required on a real arm (the instruction the policy follows)")
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg.check()
+    client_cfg = replace(client_cfg or ClientConfig(), mode="async" if cfg.async_mode else "sync")
+    client_cfg.validate()
+    checkpoint = runs.resolve(serve.checkpoint)
+    serve = replace(serve, checkpoint=str(checkpoint))
+    image_size = cfg.image_size or runs.trained_image_size(checkpoint) or 128
+    max_rel = _parse_max_relative_target(cfg.max_relative_target)
+    virtual = cfg.port == "virtual"
+    seed0 = HELD_OUT_SEED_START if cfg.seed is None else cfg.seed
 
     rig = None
     server = None
     link = None
+    robot = None
     try:
         # -- the arm ----------------------------------------------------------------------------------------------
         if virtual:
-            rig = virtual_follower(runs.camera_keys(checkpoint), image_size=image_size, sim_task=args.sim_task,
+            rig = virtual_follower(runs.camera_keys(checkpoint), image_size=image_size, sim_task=cfg.sim_task,
                                    seed=seed0, max_relative_target=max_rel)
             robot = rig.robot
-            print(f"virtual SO-101 (MuJoCo, task {args.sim_task}) on {rig.arm.port}", file=sys.stderr)
+            print(f"virtual SO-101 (MuJoCo, task {cfg.sim_task}) on {rig.arm.port}", file=sys.stderr)
         else:
-            robot = SO101Follower(args.port, args.calibration, max_relative_target=max_rel,
-                                  cameras=_parse_cameras(args.cameras, image_size))
+            robot = SO101Follower(cfg.port, cfg.calibration, max_relative_target=max_rel,
+                                  cameras=_parse_cameras(cfg.cameras, image_size))
 
         # -- the policy -------------------------------------------------------------------------------------------
-        if args.server:
-            host, _, port = args.server.rpartition(":")
+        if cfg.server:
+            host, _, port = cfg.server.rpartition(":")
+            if not port.isdigit():
+                raise InputError(f"--server {cfg.server!r} is not HOST:PORT (e.g. 192.168.1.20:8765)")
             link = RemotePolicy(host or "127.0.0.1", int(port))
-        elif args.async_mode:
-            extra = [] if args.samples_per_chunk is None else ["--samples-per-chunk", str(args.samples_per_chunk)]
-            server = start_server_process(str(checkpoint), port=0, similarity_threshold=args.similarity_threshold,
-                                          num_threads=args.num_threads, extra_args=extra)
+        elif cfg.async_mode:
+            server = start_server_process(**asdict(serve), log_level=cfg.log_level)
             link = RemotePolicy(server.host, server.port)
             print(f"policy server started on {server.host}:{server.port} (pid {server.proc.pid})", file=sys.stderr)
         else:
-            torch.set_num_threads(args.num_threads)
-            policy = load_policy_for_serving(str(checkpoint), samples_per_chunk=args.samples_per_chunk)
-            link = LocalPolicy(PolicyService(policy, checkpoint=str(checkpoint),
-                                             similarity_threshold=args.similarity_threshold))
-        cfg = ClientConfig(mode="async" if args.async_mode else "sync", fps=args.fps,
-                           chunk_size_threshold=args.chunk_size_threshold, aggregate=args.aggregate,
-                           n_action_steps=args.n_action_steps)
+            link = LocalPolicy(serve.service())
 
         # -- episodes ---------------------------------------------------------------------------------------------
         results = []
         with robot:  # torque on holding position; off on exit, error or Ctrl-C
-            client = RobotClient(robot, link, cfg)
+            client = RobotClient(robot, link, client_cfg)
             info = client.connect()
-            print(f"policy: chunk {info['chunk_size']}, {cfg.mode} mode"
-                  + (f", threshold {cfg.chunk_size_threshold}, {cfg.aggregate}" if cfg.mode == "async" else
-                     f", {client.actions_per_chunk()} actions per chunk"), file=sys.stderr)
-            for ep in range(args.episodes):
+            print(f"policy: chunk {info['chunk_size']}, {client_cfg.mode} mode"
+                  + (f", threshold {client_cfg.chunk_size_threshold}, {client_cfg.aggregate}"
+                     if client_cfg.mode == "async" else f", {client.actions_per_chunk()} actions per chunk"),
+                  file=sys.stderr)
+            for ep in range(cfg.episodes):
                 if virtual:
                     env = rig.backend.env.unwrapped
-                    color = _color_from_task(args.task, env.colors) if args.task else None
+                    color = _color_from_task(cfg.task, env.colors) if cfg.task else None
                     options = {"target_color": color} if color else {}
                     task = rig.arm.reset_scene(seed=seed0 + ep, **options)
                     is_done = rig.arm.scene_success
                 else:
-                    task = args.task
+                    task = cfg.task
                     is_done = None
                     if ep > 0:
-                        _wait_for_reset(args.reset_time_s)
-                print(f"episode {ep + 1}/{args.episodes}: {task!r}", file=sys.stderr)
-                stats = client.run_episode(task, max_seconds=args.episode_time_s, is_done=is_done)
+                        _wait_for_reset(cfg.reset_time_s)
+                print(f"episode {ep + 1}/{cfg.episodes}: {task!r}", file=sys.stderr)
+                stats = client.run_episode(task, max_seconds=cfg.episode_time_s, is_done=is_done)
                 s = stats.summary()
                 results.append(s)
                 print(f"  {s['outcome']} after {s['seconds']:.1f} s: {s['actions']} actions, {s['chunks']} chunks, "
                       f"{s['filtered']} filtered, {s['idle_ticks']} idle ticks, "
                       f"round trip {_ms(s['round_trip_ms_mean'])}, {s['safety_limited']} actions clamped/capped by "
                       f"the safety rules", file=sys.stderr)
-            server_stats = client.server_stats() if server is not None or args.server else None
+            server_stats = client.server_stats() if server is not None or cfg.server else None
         done = sum(r["outcome"] == "success" for r in results)
         if virtual:
             print(f"{done}/{len(results)} episodes succeeded")
@@ -218,6 +230,10 @@ def _deploy(args: argparse.Namespace) -> int:
         if server_stats:
             print(f"policy server: {server_stats}")
         return 0
+    except BaseException:
+        if robot is not None:
+            print("deploy stopped: torque is off.", file=sys.stderr)
+        raise
     finally:
         if link is not None:
             link.close()
@@ -225,7 +241,7 @@ def _deploy(args: argparse.Namespace) -> int:
             server.stop()
         if rig is not None:
             rig.close()
-        elif "robot" in locals() and robot.is_connected:
+        elif robot is not None and robot.is_connected:
             robot.disconnect()
 
 
@@ -241,7 +257,7 @@ def _wait_for_reset(reset_time_s: float | None) -> None:
         time.sleep(reset_time_s)
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DeployConfig", "build_parser", "deploy", "main"]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The policy server: loads a checkpoint and answers one robot client at a time over TCP.
 
-    python -m smolvla_kit.deploy.server --checkpoint outputs/train/nano/checkpoints/last --port 8765
+    smolvla-kit policy-server --checkpoint outputs/train/nano/checkpoints/last --port 8765
 
 It listens on 127.0.0.1 by default (the robot computer itself). Once the model is loaded and the socket bound, it
 prints one line on stdout, `SMOLVLA-KIT POLICY SERVER LISTENING <host> <port>`, so a parent process that asked for
@@ -22,9 +22,11 @@ With `SMOLVLA_KIT_TOKEN` set, a hello must carry the same token (the kit's clien
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hmac
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from smolvla_kit.deploy.protocol import (
     DEFAULT_MAX_BYTES,
@@ -43,7 +45,10 @@ from smolvla_kit.deploy.protocol import (
     recv_message,
     send_message,
 )
-from smolvla_kit.deploy.service import PolicyService, load_policy_for_serving
+from smolvla_kit.deploy.client import PolicyServerError
+from smolvla_kit.deploy.service import PolicyService, ServeConfig
+from smolvla_kit.errors import InputError, exit_code
+from smolvla_kit.flags import add_dataclass_arguments, as_flags, explicit_values
 
 log = logging.getLogger("smolvla_kit.deploy.server")
 
@@ -194,19 +199,23 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
-def start_server_process(checkpoint: str, port: int = 0, host: str = "127.0.0.1", *, added_latency_ms: float = 0.0,
-                         similarity_threshold: float = 1.0, num_threads: int = 1, seed: int | None = None,
-                         extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0,
-                         echo_stderr: bool = True) -> ServerProcess:
-    """Start `python -m smolvla_kit.deploy.server` and wait until it listens; raise with its last words if it dies.
+def start_server_process(checkpoint: str, *, extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0,
+                         echo_stderr: bool = True, **settings: Any) -> ServerProcess:
+    """Start `smolvla-kit policy-server` in a child process and wait until it listens; raise with its last words if
+    it dies.
 
-    The child's log lines are forwarded to this process's stderr (`echo_stderr`) and the last 50 are kept.
+    `settings` are fields of :class:`ServeConfig` and :class:`ServerConfig` (it listens on a free port unless
+    `port` is given); `extra_args` are more flags, as typed. The child's log lines are forwarded to this process's
+    stderr (`echo_stderr`) and the last 50 are kept.
     """
-    cmd = [sys.executable, "-m", "smolvla_kit.deploy.server", "--checkpoint", str(checkpoint), "--host", host,
-           "--port", str(port), "--added-latency-ms", str(added_latency_ms),
-           "--similarity-threshold", str(similarity_threshold), "--num-threads", str(num_threads), *extra_args]
-    if seed is not None:
-        cmd += ["--seed", str(seed)]
+    serve_fields = {f.name for f in dataclasses.fields(ServeConfig)}
+    net_fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    unknown = set(settings) - serve_fields - net_fields
+    if unknown:
+        raise TypeError(f"start_server_process got unknown settings {sorted(unknown)}")
+    serve = ServeConfig(checkpoint=str(checkpoint), **{k: v for k, v in settings.items() if k in serve_fields})
+    net = ServerConfig(**{"port": 0, **{k: v for k, v in settings.items() if k in net_fields}})
+    cmd = [sys.executable, "-m", "smolvla_kit.cli", "policy-server", *as_flags(serve), *as_flags(net), *extra_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     tail: deque = deque(maxlen=50)
@@ -235,7 +244,7 @@ def start_server_process(checkpoint: str, port: int = 0, host: str = "127.0.0.1"
             proc.kill()
         proc.wait()
         time.sleep(0.05)  # let the stderr pump catch the last lines
-        raise RuntimeError(
+        raise PolicyServerError(
             f"the policy server did not start (exit code {proc.returncode}); command: {' '.join(cmd)}\n"
             + "\n".join(tail)
         )
@@ -248,75 +257,68 @@ def start_server_process(checkpoint: str, port: int = 0, host: str = "127.0.0.1"
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ServerConfig:
+    """Where the policy server listens, and how patient it is."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (the default: this computer only). Set SMOLVLA_KIT_TOKEN before listening beyond it."""
+    port: int = 8765
+    """TCP port; 0 picks a free one (printed on stdout)."""
+    max_message_mb: float = DEFAULT_MAX_BYTES / 2**20
+    """Largest message accepted, MiB."""
+    hello_timeout_s: float = HELLO_TIMEOUT_S
+    """A connection's whole hello must arrive within this many seconds."""
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    """A client silent this long is taken for gone and its slot freed (the kit's client pings every few seconds)."""
+    once: bool = False
+    """Exit after the first client leaves."""
+    log_level: str = "INFO"
+    """DEBUG, INFO or WARNING."""
+
+    def check(self) -> None:
+        if not (self.hello_timeout_s > 0 and self.idle_timeout_s > 0 and self.max_message_mb > 0):
+            raise InputError(f"hello_timeout_s, idle_timeout_s and max_message_mb must be positive, got "
+                             f"{self.hello_timeout_s}, {self.idle_timeout_s} and {self.max_message_mb}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """`smolvla-kit policy-server`'s flags: a ServeConfig's and a ServerConfig's fields."""
     ap = argparse.ArgumentParser(
         prog="smolvla-kit policy-server",
         description="Serve a trained SmolVLA policy to one robot client over TCP (asynchronous inference).",
     )
-    ap.add_argument("--checkpoint", required=True, help="kit checkpoint folder, or a run's checkpoints/last file")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
-    ap.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (printed on stdout)")
-    ap.add_argument("--similarity-threshold", type=float, default=1.0,
-                    help="skip observations whose joints moved less than this (L2, degrees) since the last processed "
-                    "one, unless the robot's queue is empty; 0 = off (default: 1.0)")
-    ap.add_argument("--added-latency-ms", type=float, default=0.0,
-                    help="extra delay after each inference, to study latency (default: 0)")
-    ap.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
-    ap.add_argument("--samples-per-chunk", type=int, default=None,
-                    help="chunks drawn per observation and averaged; overrides the policy's samples_per_chunk")
-    ap.add_argument("--num-threads", type=int, default=0, help="torch CPU threads; 0 = cores - 1 (default: 0)")
-    ap.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="bfloat16 runs the VLM and expert in bfloat16: a base chunk 1.6x faster on CPUs with bf16 "
-                    "instructions (default: float32)")
-    ap.add_argument("--seed", type=int, default=None, help="seed torch's noise for repeatable chunks")
-    ap.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
-                    help="largest message accepted, MiB (default: 16)")
-    ap.add_argument("--hello-timeout-s", type=float, default=HELLO_TIMEOUT_S,
-                    help=f"a connection's whole hello must arrive within this (default: {HELLO_TIMEOUT_S:g})")
-    ap.add_argument("--idle-timeout-s", type=float, default=IDLE_TIMEOUT_S,
-                    help=f"a client silent this long is taken for gone and its slot freed (default: "
-                    f"{IDLE_TIMEOUT_S:g}; the kit's client pings every few seconds)")
-    ap.add_argument("--once", action="store_true", help="exit after the first client leaves")
-    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    add_dataclass_arguments(ap.add_argument_group("the policy"), ServeConfig)
+    add_dataclass_arguments(ap.add_argument_group("the network"), ServerConfig)
     return ap
 
 
-def run_server(argv: Sequence[str] | None = None) -> int:
-    """Command line: `smolvla-kit policy-server --checkpoint CKPT [--port 8765]`."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+def serve(serve_cfg: ServeConfig, net: ServerConfig) -> int:
+    """Load the policy, listen, and answer clients until Ctrl-C or SIGTERM (or, with `once`, the first client's
+    end). Prints the ready line on stdout once it listens."""
+    logging.basicConfig(level=net.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    from smolvla_kit.runs import cpu_threads
-
-    torch.set_num_threads(cpu_threads(args.num_threads))
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    net.check()
     token = os.environ.get(TOKEN_ENV, "")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+    if net.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("listening on %s without a token: anyone who can reach this address can drive the robot's "
-                    "policy. Set %s to a secret on both computers to require it.", args.host, TOKEN_ENV)
-    policy = load_policy_for_serving(args.checkpoint, device=args.device, n_action_steps=args.n_action_steps,
-                                     dtype=args.dtype, samples_per_chunk=args.samples_per_chunk)
-    service = PolicyService(policy, checkpoint=str(args.checkpoint), similarity_threshold=args.similarity_threshold,
-                            added_latency_ms=args.added_latency_ms)
-    if not (args.hello_timeout_s > 0 and args.idle_timeout_s > 0):
-        raise SystemExit("error: --hello-timeout-s and --idle-timeout-s must be positive")
-    server = PolicyServer(service, args.host, args.port, max_bytes=int(args.max_message_mb * 2**20),
-                          hello_timeout_s=args.hello_timeout_s, idle_timeout_s=args.idle_timeout_s, token=token)
+                    "policy. Set %s to a secret on both computers to require it.", net.host, TOKEN_ENV)
+    service = serve_cfg.service()
+    server = PolicyServer(service, net.host, net.port, max_bytes=int(net.max_message_mb * 2**20),
+                          hello_timeout_s=net.hello_timeout_s, idle_timeout_s=net.idle_timeout_s, token=token)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly (closing the socket) when terminated
     print(f"{READY_LINE} {server.host} {server.port}", flush=True)
-    log.info("serving %s on %s:%d", args.checkpoint, server.host, server.port)
+    log.info("serving %s on %s:%d", serve_cfg.checkpoint, server.host, server.port)
     try:
-        server.serve_forever(once=args.once)
+        server.serve_forever(once=net.once)
     except KeyboardInterrupt:
         pass
     return 0
 
 
-if __name__ == "__main__":
-    import signal
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly (closing the socket) when terminated
-    sys.exit(run_server())
+def run_server(argv: Sequence[str] | None = None) -> int:
+    """Command line: `smolvla-kit policy-server --checkpoint CKPT [--port 8765]`."""
+    args = build_parser().parse_args(argv)
+    return exit_code(lambda: serve(ServeConfig(**explicit_values(args, ServeConfig)),
+                                   ServerConfig(**explicit_values(args, ServerConfig))))

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from smolvla_kit.deploy.protocol import PROTOCOL_VERSION, message
+from smolvla_kit.errors import InputError, KitError
 from smolvla_kit.vocabulary import STATE_KEY, CameraMismatch, camera_name, match_cameras
 
 log = logging.getLogger("smolvla_kit.deploy.service")
@@ -54,7 +55,7 @@ class ServiceStats:
 MAX_TASK_CHARS = 1000  # instructions are a sentence; the policy reads its first 48 tokens
 
 
-class FeatureMismatch(ValueError):
+class FeatureMismatch(KitError, ValueError):
     """The robot's observation does not fit the policy (cameras, state size)."""
 
 
@@ -72,9 +73,9 @@ class PolicyService:
     def __init__(self, policy: Any, checkpoint: str = "", similarity_threshold: float = 1.0,
                  added_latency_ms: float = 0.0) -> None:
         if similarity_threshold < 0:
-            raise ValueError(f"similarity_threshold must be >= 0, got {similarity_threshold}")
+            raise InputError(f"similarity_threshold must be >= 0, got {similarity_threshold}")
         if added_latency_ms < 0:
-            raise ValueError(f"added_latency_ms must be >= 0, got {added_latency_ms}")
+            raise InputError(f"added_latency_ms must be >= 0, got {added_latency_ms}")
         self.policy = policy
         self.checkpoint = checkpoint
         self.similarity_threshold = float(similarity_threshold)
@@ -255,21 +256,55 @@ class PolicyService:
                        threshold=self.similarity_threshold, reason=reason)
 
 
+@dataclass
+class ServeConfig:
+    """Which policy answers the robot, and how: the policy server's settings, and a synchronous deploy's."""
+
+    checkpoint: str
+    """A kit checkpoint folder, a run folder or its checkpoints/last file, `kit:NAME` or a Hub id."""
+    similarity_threshold: float = 1.0
+    """Skip observations whose joints moved less than this (L2, degrees) since the last processed one, unless the
+    robot's queue is empty; 0 = off."""
+    added_latency_ms: float = 0.0
+    """Extra delay after each inference, to study latency."""
+    n_action_steps: int | None = None
+    """Actions the policy plays per chunk (the checkpoint's setting when unset)."""
+    samples_per_chunk: int | None = None
+    """Chunks drawn per observation and averaged (the checkpoint's setting when unset)."""
+    num_threads: int = 0
+    """torch CPU threads for the policy; 0 = cores - 1 (one core stays with the robot loop)."""
+    device: str = "cpu"
+    """torch device."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 runs the VLM and expert in bfloat16: a base chunk 3x faster on CPUs with bf16 instructions."""
+    seed: int | None = None
+    """Seed torch's noise for repeatable chunks."""
+
+    def service(self) -> PolicyService:
+        """Load the policy (threads and seed set first) and put it behind a PolicyService."""
+        import torch
+
+        from smolvla_kit import runs
+
+        torch.set_num_threads(runs.cpu_threads(self.num_threads))
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        policy = load_policy_for_serving(self.checkpoint, device=self.device, n_action_steps=self.n_action_steps,
+                                         dtype=self.dtype, samples_per_chunk=self.samples_per_chunk)
+        return PolicyService(policy, checkpoint=self.checkpoint, similarity_threshold=self.similarity_threshold,
+                             added_latency_ms=self.added_latency_ms)
+
+
 def load_policy_for_serving(
     checkpoint: str, device: str = "cpu", n_action_steps: int | None = None, dtype: str = "float32",
     samples_per_chunk: int | None = None,
 ) -> Any:
-    """Load a checkpoint (anything `runs.resolve` takes) for inference, its VLM and expert in `dtype`.
-
+    """A checkpoint (anything `runs.resolve` takes) ready for inference, its VLM and expert in `dtype`;
     `n_action_steps` and `samples_per_chunk` override the checkpoint's settings when given."""
     from smolvla_kit import runs
 
-    overrides = {name: value for name, value in (("n_action_steps", n_action_steps),
-                                                 ("samples_per_chunk", samples_per_chunk)) if value is not None}
-    policy = runs.load(checkpoint, device=device, **overrides)
-    policy.set_dtype(dtype)
-    policy.eval()
-    return policy
+    return runs.load(checkpoint, device=device, dtype=dtype, n_action_steps=n_action_steps,
+                     samples_per_chunk=samples_per_chunk)
 
 
-__all__ = ["FeatureMismatch", "PolicyService", "ServiceStats", "load_policy_for_serving"]
+__all__ = ["FeatureMismatch", "PolicyService", "ServeConfig", "ServiceStats", "load_policy_for_serving"]

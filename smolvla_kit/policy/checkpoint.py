@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 import torch
 from safetensors.torch import load_file, save_file
 
+from smolvla_kit.errors import InputError, MissingFile, MissingKey
+
 from ..vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 from .config import SMOLVLM2_500M_CONFIG, SMOLVLM2_500M_ID, SmolVLAConfig
 
@@ -79,7 +81,7 @@ def resolve_folder(path_or_id: str | Path) -> Path:
         return path
     repo_id = str(path_or_id)
     if not looks_like_hub_id(repo_id):
-        raise FileNotFoundError(f"{repo_id!r} is neither an existing folder nor a Hub id like 'lerobot/smolvla_base'.")
+        raise MissingFile(f"{repo_id!r} is neither an existing folder nor a Hub id like 'lerobot/smolvla_base'.")
     from huggingface_hub import snapshot_download
 
     patterns = LEROBOT_FILES + ["*.safetensors", "tokenizer.json"]
@@ -120,7 +122,7 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
     raw = read_json_object(cfg_file, what="SmolVLA checkpoint config")
     if "kit_format" in raw:
         if not isinstance(raw.get("config"), dict):
-            raise ValueError(f"{cfg_file}: 'config' must be an object holding the policy's settings. {_RESAVE}")
+            raise InputError(f"{cfg_file}: 'config' must be an object holding the policy's settings. {_RESAVE}")
         saved = dict(raw["config"])
         # Kit checkpoints written before the kit computed the vision patch positions itself were trained with the
         # ones transformers 5.x gives (the version the kit installed), one per patch row and column.
@@ -129,7 +131,7 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
         if tokenizer is None and raw.get("tokenizer_file"):
             tokenizer_file = path_inside(folder, raw["tokenizer_file"], f"{cfg_file} 'tokenizer_file'")
             if not tokenizer_file.is_file():
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"{cfg_file} names the tokenizer file {tokenizer_file.name}, which is missing from {folder}. "
                     f"Copy the whole checkpoint folder again (the tokenizer is saved beside the weights)."
                 )
@@ -140,7 +142,7 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
         weights = _read_weights(folder)
         ckpt_stats = lerobot_stats(folder, weights)
     else:
-        raise ValueError(
+        raise InputError(
             f"{cfg_file} is neither a smolvla-kit checkpoint (no 'kit_format') nor a LeRobot SmolVLA "
             f"(type={raw.get('type')!r}, expected 'smolvla')."
         )
@@ -156,20 +158,20 @@ def load_policy(cls, path_or_id, stats=None, device="cpu", tokenizer=None, **ove
     missing = sorted(model_keys - set(weights))
     unexpected = sorted(k for k in weights if k not in model_keys and not k.startswith("normalizer."))
     if missing or unexpected:
-        raise KeyError(
+        raise MissingKey(
             f"Checkpoint {folder} does not fit the model built from its config: "
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}."
         )
     own = policy.state_dict()
     for key, value in weights.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(own[key].shape)}.")
+            raise InputError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(own[key].shape)}.")
     dtype = torch.float32
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items() if k in own}
     # A NaN or inf weight makes every action NaN; stats ("normalizer.*") use NaN for "not recorded".
     broken = [k for k, v in tensors.items() if not k.startswith("normalizer.") and not torch.isfinite(v).all()]
     if broken:
-        raise ValueError(
+        raise InputError(
             f"{folder / 'model.safetensors'} holds NaN or infinite values in {len(broken)} weight(s), e.g. "
             f"{broken[:3]}: the training run that wrote it diverged or the file is damaged. Load an earlier "
             f"checkpoint of the run, or resume training from one with a lower --lr."
@@ -202,25 +204,25 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def read_safetensors(f: Path, what: str) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file, with a message naming the file when it is missing, empty or cut short."""
     if not f.is_file():
-        raise FileNotFoundError(f"{f} is missing: the checkpoint's {what} are there. {_RESAVE}")
+        raise MissingFile(f"{f} is missing: the checkpoint's {what} are there. {_RESAVE}")
     if f.stat().st_size == 0:
-        raise ValueError(f"{f} is empty (0 bytes): an interrupted copy or download? {_RESAVE}")
+        raise InputError(f"{f} is empty (0 bytes): an interrupted copy or download? {_RESAVE}")
     try:
         return load_file(str(f))
     except Exception as exc:  # noqa: BLE001 - safetensors' own error says only what byte failed
-        raise ValueError(f"{f} is not a complete safetensors file ({exc}): truncated or damaged. {_RESAVE}") from exc
+        raise InputError(f"{f} is not a complete safetensors file ({exc}): truncated or damaged. {_RESAVE}") from exc
 
 
 def read_json_object(f: Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object, with a message naming the file otherwise."""
     if not f.is_file():
-        raise FileNotFoundError(f"{f.parent} has no {f.name}; is it a {what.split(' config')[0]}?")
+        raise MissingFile(f"{f.parent} has no {f.name}; is it a {what.split(' config')[0]}?")
     try:
         raw = json.loads(f.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{f} is not valid JSON ({exc}). {_RESAVE}") from exc
+        raise InputError(f"{f} is not valid JSON ({exc}). {_RESAVE}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{f} must hold a JSON object (the {what}), not a {type(raw).__name__}. {_RESAVE}")
+        raise InputError(f"{f} must hold a JSON object (the {what}), not a {type(raw).__name__}. {_RESAVE}")
     return raw
 
 
@@ -229,16 +231,16 @@ def _config_from(cfg_file: Path, build):
     try:
         return build()
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise ValueError(f"{cfg_file}: {exc} Fix that field, or save the checkpoint again.") from exc
+        raise InputError(f"{cfg_file}: {exc} Fix that field, or save the checkpoint again.") from exc
 
 
 def path_inside(folder: Path, name: object, source: str) -> Path:
     """`folder / name` for a relative file name written inside a checkpoint; refuses one that leaves the folder."""
     if not isinstance(name, str) or not name or Path(name).is_absolute():
-        raise ValueError(f"{source} is {name!r}; it must be a file name relative to {folder}.")
+        raise InputError(f"{source} is {name!r}; it must be a file name relative to {folder}.")
     path = folder / name
     if not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{source} is {name!r}, which points outside {folder}; a checkpoint may only name its own files.")
+        raise InputError(f"{source} is {name!r}, which points outside {folder}; a checkpoint may only name its own files.")
     return path
 
 
@@ -266,13 +268,13 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
     outputs = raw.get("output_features") or {}
     for name, features in (("input_features", inputs), ("output_features", outputs)):
         if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
-            raise ValueError(f"'{name}' must be an object mapping each feature to {{'type': ..., 'shape': [...]}}.")
+            raise InputError(f"'{name}' must be an object mapping each feature to {{'type': ..., 'shape': [...]}}.")
         for key, feature in features.items():
             shape = feature.get("shape")
             if not isinstance(shape, list) or not shape or not all(isinstance(n, int) for n in shape):
-                raise ValueError(f"'{name}'['{key}']['shape'] must be a list of whole numbers, got {shape!r}.")
+                raise InputError(f"'{name}'['{key}']['shape'] must be a list of whole numbers, got {shape!r}.")
     if STATE_KEY not in inputs or ACTION_KEY not in outputs:
-        raise ValueError(
+        raise InputError(
             f"LeRobot config {folder / 'config.json'} must list {STATE_KEY!r} in input_features and {ACTION_KEY!r} in "
             f"output_features (has inputs {sorted(inputs)}, outputs {sorted(outputs)})."
         )
@@ -319,7 +321,7 @@ def model_reference(name: object, folder: Path, source: str) -> str:
     checkpoint* (LeRobot itself would look in the working directory; the checkpoint is what its owner meant), or
     a Hub id such as HuggingFaceTB/SmolVLM2-500M-Video-Instruct."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{source} must be a folder or a Hub id, got {name!r}.")
+        raise InputError(f"{source} must be a folder or a Hub id, got {name!r}.")
     path = Path(name).expanduser()
     if path.is_absolute():
         return str(path)
@@ -328,7 +330,7 @@ def model_reference(name: object, folder: Path, source: str) -> str:
         return str(path_inside(folder, name, source))
     if looks_like_hub_id(name):
         return name  # a Hub id
-    raise FileNotFoundError(
+    raise MissingFile(
         f"{source} is {name!r}, a folder relative to the checkpoint, but {local} does not exist. Copy that folder "
         f"into the checkpoint, or write its Hub id (for example {SMOLVLM2_500M_ID!r}) in config.json."
     )
@@ -354,7 +356,7 @@ def vlm_config_for(name_or_path: str) -> dict[str, Any]:
 def _vlm_arch(cfg: dict) -> dict[str, Any]:
     """Keep what shapes the network from a SmolVLM config.json."""
     if cfg.get("model_type") not in ("smolvlm", "idefics3"):
-        raise ValueError(f"vlm_model_name points to a {cfg.get('model_type')!r} model; SmolVLA needs a SmolVLM.")
+        raise InputError(f"vlm_model_name points to a {cfg.get('model_type')!r} model; SmolVLA needs a SmolVLM.")
     drop = {"architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "model_type",
             "perceiver_config", "auto_map", "output_attentions", "output_hidden_states", "return_dict"}
     out = {k: v for k, v in cfg.items() if k in ("scale_factor", "image_token_id", "tie_word_embeddings")}
@@ -380,7 +382,7 @@ def lerobot_stats(folder: Path, weights: dict[str, torch.Tensor]) -> dict[str, d
             if step.get("registry_name") == step_name and step.get("state_file"):
                 state_file = path_inside(folder, step["state_file"], f"{f} 'state_file'")
                 if not state_file.is_file():
-                    raise FileNotFoundError(f"{f} names the stats file {state_file.name}, which is missing from {folder}.")
+                    raise MissingFile(f"{f} names the stats file {state_file.name}, which is missing from {folder}.")
                 for flat_key, tensor in read_safetensors(state_file, what="normalisation statistics").items():
                     feature, stat = flat_key.rsplit(".", 1)
                     stats.setdefault(feature, {}).setdefault(stat, tensor)

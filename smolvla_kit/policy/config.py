@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from smolvla_kit.errors import InputError, InputTypeError
+
 from ..vocabulary import camera_key
 
 SMOLVLM2_500M_ID = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
@@ -229,10 +231,10 @@ class SmolVLAConfig:
                 train_expert_only=False,
             )
         else:
-            raise ValueError(f"Unknown preset {name!r}; choose 'base' or 'nano'.")
+            raise InputError(f"Unknown preset {name!r}; choose 'base' or 'nano'.")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise TypeError(f"Unknown SmolVLAConfig field(s) {sorted(unknown)}.")
+            raise InputTypeError(f"Unknown SmolVLAConfig field(s) {sorted(unknown)}.")
         values.update(overrides)
         return cls(**values)
 
@@ -256,32 +258,32 @@ class SmolVLAConfig:
         """Reject settings the model cannot run with, saying which field is wrong."""
         self.check_types()
         if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be between 1 and chunk_size ({self.chunk_size}).")
+            raise InputError(f"n_action_steps ({self.n_action_steps}) must be between 1 and chunk_size ({self.chunk_size}).")
         if self.state_dim > self.max_state_dim:
-            raise ValueError(f"state_dim {self.state_dim} exceeds max_state_dim {self.max_state_dim}.")
+            raise InputError(f"state_dim {self.state_dim} exceeds max_state_dim {self.max_state_dim}.")
         if self.action_dim > self.max_action_dim:
-            raise ValueError(f"action_dim {self.action_dim} exceeds max_action_dim {self.max_action_dim}.")
+            raise InputError(f"action_dim {self.action_dim} exceeds max_action_dim {self.max_action_dim}.")
         if not self.camera_names and self.empty_cameras <= 0:
-            raise ValueError("At least one camera is required (camera_names is empty).")
+            raise InputError("At least one camera is required (camera_names is empty).")
         if self.pad_language_to not in ("max_length", "longest"):
-            raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
+            raise InputError(f"pad_language_to must be 'max_length' or 'longest', got {self.pad_language_to!r}.")
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
+            raise InputError(f"num_steps must be >= 1, got {self.num_steps}.")
         if self.vision_position_ids not in VISION_POSITION_SCHEMES:
-            raise ValueError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {self.vision_position_ids!r}.")
+            raise InputError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {self.vision_position_ids!r}.")
         if self.samples_per_chunk < 1:
-            raise ValueError(f"samples_per_chunk must be >= 1, got {self.samples_per_chunk}.")
+            raise InputError(f"samples_per_chunk must be >= 1, got {self.samples_per_chunk}.")
         for kind, mode in self.normalization_mapping.items():
             if mode not in NORMALIZATION_MODES:
-                raise ValueError(f"normalization_mapping[{kind!r}] = {mode!r}; expected one of {NORMALIZATION_MODES}.")
+                raise InputError(f"normalization_mapping[{kind!r}] = {mode!r}; expected one of {NORMALIZATION_MODES}.")
         if self.norm_mode("VISUAL") != "IDENTITY":
-            raise ValueError("normalization_mapping['VISUAL'] must be 'IDENTITY': SmolVLA maps images to [-1, 1] itself.")
+            raise InputError("normalization_mapping['VISUAL'] must be 'IDENTITY': SmolVLA maps images to [-1, 1] itself.")
         text_layers = self.vlm_config["text_config"]["num_hidden_layers"]
         if self.num_vlm_layers > text_layers:
-            raise ValueError(f"num_vlm_layers {self.num_vlm_layers} > the VLM's {text_layers} text layers.")
+            raise InputError(f"num_vlm_layers {self.num_vlm_layers} > the VLM's {text_layers} text layers.")
         n_vlm = self.num_vlm_layers if self.num_vlm_layers > 0 else text_layers
         if self.num_expert_layers > 0 and n_vlm % self.num_expert_layers != 0:
-            raise ValueError(
+            raise InputError(
                 f"num_vlm_layers ({n_vlm}) must be a multiple of num_expert_layers ({self.num_expert_layers})."
             )
 
@@ -291,7 +293,7 @@ class SmolVLAConfig:
             value = getattr(self, f.name)
             expected = _FIELD_TYPES[str(f.type)]
             if not expected(value):
-                raise TypeError(f"field {f.name!r} must be {str(f.type).replace(' | None', ' or null')}, "
+                raise InputTypeError(f"field {f.name!r} must be {str(f.type).replace(' | None', ' or null')}, "
                                 f"got {type(value).__name__} {value!r}.")
 
     # ------------------------------------------------------------------------------------------
@@ -304,5 +306,5 @@ class SmolVLAConfig:
         d = {k: v for k, v in d.items() if k not in TRAINING_FIELDS}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"Unknown field(s) in the kit config: {sorted(unknown)}.")
+            raise InputError(f"Unknown field(s) in the kit config: {sorted(unknown)}.")
         return cls(**d)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from smolvla_kit.errors import InputError
+
 from ..vocabulary import ACTION_KEY
 from .config import SmolVLAConfig
 from .processing import Normalizer, SmolVLAProcessor
@@ -119,12 +121,12 @@ class SmolVLAPolicy(nn.Module):
         if samples is None:
             samples = self.config.samples_per_chunk if noise is None else max(1, noise.shape[0] // B)
         if samples < 1:
-            raise ValueError(f"samples must be >= 1 (chunks drawn and averaged), got {samples}.")
+            raise InputError(f"samples must be >= 1 (chunks drawn and averaged), got {samples}.")
         shape = (B * samples, self.config.chunk_size, self.config.max_action_dim)
         if noise is None:
             noise = torch.randn(shape, device=device)
         elif tuple(noise.shape) != shape:
-            raise ValueError(
+            raise InputError(
                 f"noise has shape {tuple(noise.shape)}; expected {shape} (B x samples, chunk_size, max_action_dim) "
                 f"for {B} observation(s) and samples={samples}."
             )
@@ -157,7 +159,7 @@ class SmolVLAPolicy(nn.Module):
         allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         name = str(dtype).removeprefix("torch.")
         if name not in allowed:
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
+            raise InputError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
         self.model.vlm_with_expert.to(allowed[name])
         return self
 

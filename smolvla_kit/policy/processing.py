@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smolvla_kit.errors import InputError, MissingKey
+
 from ..vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, match_cameras
 from .config import SmolVLAConfig
 
@@ -74,22 +76,22 @@ class Normalizer(nn.Module):
             if key not in stats and partial:
                 continue
             if key not in stats:
-                raise KeyError(
+                raise MissingKey(
                     f"Normalisation stats for {key!r} are missing (mode {self.modes[feature]} needs {list(needed)}); "
                     f"the stats given have keys {sorted(stats)}. Pass the dataset's stats, e.g. "
                     f"{{'{key}': {{'mean': ..., 'std': ...}}}}."
                 )
             for stat in needed:
                 if stat not in stats[key]:
-                    raise KeyError(f"Stats for {key!r} lack {stat!r} (have {sorted(stats[key])}).")
+                    raise MissingKey(f"Stats for {key!r} lack {stat!r} (have {sorted(stats[key])}).")
                 value = torch.as_tensor(np.asarray(_to_numpy(stats[key][stat]), dtype=np.float32)).flatten()
                 if value.numel() != self.dims[feature]:
-                    raise ValueError(
+                    raise InputError(
                         f"Stats {key!r}.{stat} have {value.numel()} values, expected {self.dims[feature]} "
                         f"(the policy's {feature}_dim)."
                     )
                 if not torch.isfinite(value).all():
-                    raise ValueError(f"Stats {key!r}.{stat} contain NaN/inf: {value.tolist()}")
+                    raise InputError(f"Stats {key!r}.{stat} contain NaN/inf: {value.tolist()}")
                 getattr(self, f"{feature}_{stat}").copy_(value)
 
     def stats_dict(self) -> dict[str, dict[str, Tensor]]:
@@ -172,18 +174,18 @@ def to_float_chw(x: Any, key: str) -> Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
-        raise ValueError(f"{key!r}: expected an image (H, W, 3)/(3, H, W) or a batch of them, got shape {tuple(x.shape)}.")
+        raise InputError(f"{key!r}: expected an image (H, W, 3)/(3, H, W) or a batch of them, got shape {tuple(x.shape)}.")
     if x.shape[1] != 3 and x.shape[-1] == 3:  # channels last -> first
         x = x.permute(0, 3, 1, 2)
     if x.shape[1] != 3:
-        raise ValueError(f"{key!r}: expected 3 colour channels, shape (B, 3, H, W) or (B, H, W, 3); got {tuple(x.shape)}.")
+        raise InputError(f"{key!r}: expected 3 colour channels, shape (B, 3, H, W) or (B, H, W, 3); got {tuple(x.shape)}.")
     if x.dtype == torch.uint8:
         return x.float() / 255.0
     if not torch.is_floating_point(x):
-        raise ValueError(f"{key!r}: images must be uint8 0..255 or float 0..1, got dtype {x.dtype}.")
+        raise InputError(f"{key!r}: images must be uint8 0..255 or float 0..1, got dtype {x.dtype}.")
     x = x.float()
     if x.numel() and (x.max() > 1.0 + 1e-3 or x.min() < -1e-3):
-        raise ValueError(
+        raise InputError(
             f"{key!r}: float images must be in [0, 1] (got values {x.min().item():.3g}..{x.max().item():.3g}); "
             f"pass uint8 for 0..255 data."
         )
@@ -224,14 +226,16 @@ class SmolVLAProcessor:
         if self.rename_map:
             obs = {self.rename_map.get(k, k): v for k, v in obs.items()}
         if STATE_KEY not in obs:
-            raise KeyError(f"Observation lacks {STATE_KEY!r} (expected shape (B, {cfg.state_dim}) or ({cfg.state_dim},)).")
+            raise MissingKey(
+                f"Observation lacks {STATE_KEY!r} (expected shape (B, {cfg.state_dim}) or ({cfg.state_dim},))."
+            )
         state = as_tensor(obs[STATE_KEY], dtype=torch.float32)
         if state.ndim == 3:  # (B, T, S): the latest step
             state = state[:, -1]
         if state.ndim == 1:
             state = state[None]
         if state.ndim != 2 or state.shape[1] != cfg.state_dim:
-            raise ValueError(
+            raise InputError(
                 f"{STATE_KEY!r} has shape {tuple(state.shape)}; expected (B, {cfg.state_dim}) or ({cfg.state_dim},)."
             )
         B = state.shape[0]
@@ -245,7 +249,7 @@ class SmolVLAProcessor:
         for key in expected:
             img = to_float_chw(obs[key], key).to(device)
             if img.shape[0] != B:
-                raise ValueError(f"{key!r} has batch size {img.shape[0]} but {STATE_KEY!r} has {B}.")
+                raise InputError(f"{key!r} has batch size {img.shape[0]} but {STATE_KEY!r} has {B}.")
             if cfg.resize_imgs_with_padding:
                 img = resize_with_pad(img, cfg.image_size)
             images.append(img * 2.0 - 1.0)
@@ -259,10 +263,10 @@ class SmolVLAProcessor:
         # Language: "task" + "\n", tokenized and right-padded.
         task = obs.get("task")
         if task is None:
-            raise KeyError("Observation lacks 'task' (a string, or a list of B strings).")
+            raise MissingKey("Observation lacks 'task' (a string, or a list of B strings).")
         tasks = [task] * B if isinstance(task, str) else list(task)
         if len(tasks) != B or not all(isinstance(t, str) for t in tasks):
-            raise ValueError(f"'task' must be a string or a list of {B} strings, got {task!r}.")
+            raise InputError(f"'task' must be a string or a list of {B} strings, got {task!r}.")
         tasks = [t if t.endswith("\n") else t + "\n" for t in tasks]
         tokens, lang_masks = self.tokenizer(tasks, cfg.tokenizer_max_length, cfg.pad_language_to)
 
@@ -276,10 +280,10 @@ class SmolVLAProcessor:
         """Training targets: normalised actions zero-padded to (B, T, 32), and the (B, T) padding flags."""
         cfg = self.config
         if ACTION_KEY not in batch:
-            raise KeyError(f"Training batch lacks {ACTION_KEY!r} of shape (B, {cfg.chunk_size}, {cfg.action_dim}).")
+            raise MissingKey(f"Training batch lacks {ACTION_KEY!r} of shape (B, {cfg.chunk_size}, {cfg.action_dim}).")
         actions = as_tensor(batch[ACTION_KEY], dtype=torch.float32).to(device)
         if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
-            raise ValueError(
+            raise InputError(
                 f"{ACTION_KEY!r} has shape {tuple(actions.shape)}; expected (B, {cfg.chunk_size}, {cfg.action_dim})."
             )
         actions = F.pad(self.normalizer.normalize(actions, "action"), (0, cfg.max_action_dim - cfg.action_dim))
@@ -294,7 +298,7 @@ class SmolVLAProcessor:
         is_pad = torch.as_tensor(is_pad).bool()
         expected = (batch_size, self.config.chunk_size)
         if tuple(is_pad.shape) != expected:
-            raise ValueError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {expected}.")
+            raise InputError(f"'action_is_pad' has shape {tuple(is_pad.shape)}; expected {expected}.")
         return is_pad
 
     # -- model outputs -> actions -----------------------------------------------------------------

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smolvla_kit.errors import InputError
+
 from .config import VISION_POSITION_SCHEMES, SmolVLAConfig
 
 # =============================================================================================
@@ -190,7 +192,7 @@ def patch_position_ids(patch_mask: Tensor, per_side: int, scheme: str = "smolvlm
     Patches outside the picture get id 0 (they are masked out of attention anyway).
     """
     if scheme not in VISION_POSITION_SCHEMES:
-        raise ValueError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {scheme!r}.")
+        raise InputError(f"vision_position_ids must be one of {VISION_POSITION_SCHEMES}, got {scheme!r}.")
     N, h, w = patch_mask.shape
     device = patch_mask.device
     # Python floats, as in the original: arange's float32 rounding decides how many edges there are.
@@ -244,9 +246,9 @@ def pixel_shuffle(x: Tensor, factor: int) -> Tensor:
 def check_vision_config(vision_config) -> None:
     """The vision code above is SigLIP's as SmolVLM configures it; refuse a config it would silently misread."""
     if vision_config.hidden_act != "gelu_pytorch_tanh":
-        raise ValueError(f"SmolVLM vision hidden_act {vision_config.hidden_act!r}: the kit implements 'gelu_pytorch_tanh'.")
+        raise InputError(f"SmolVLM vision hidden_act {vision_config.hidden_act!r}: the kit implements 'gelu_pytorch_tanh'.")
     if vision_config.hidden_size % vision_config.num_attention_heads:
-        raise ValueError("SmolVLM vision hidden_size must be a multiple of num_attention_heads.")
+        raise InputError("SmolVLM vision hidden_size must be a multiple of num_attention_heads.")
 
 
 # =============================================================================================
@@ -261,7 +263,7 @@ def build_vlm(config: SmolVLAConfig) -> nn.Module:
     vlm_cfg = SmolVLMConfig(**copy.deepcopy(config.vlm_config))
     check_vision_config(vlm_cfg.vision_config)
     if vlm_cfg.text_config.hidden_act != "silu":
-        raise ValueError(f"SmolVLM text hidden_act {vlm_cfg.text_config.hidden_act!r}: the kit implements Llama's 'silu'.")
+        raise InputError(f"SmolVLM text hidden_act {vlm_cfg.text_config.hidden_act!r}: the kit implements Llama's 'silu'.")
     vlm = SmolVLMForConditionalGeneration(vlm_cfg)
     text = vlm.model.text_model
     if config.num_vlm_layers > 0:
@@ -337,7 +339,7 @@ class SmolVLMWithExpert(nn.Module):
         # as in LeRobot); the VLM layer it sits beside must be of that kind.
         for i, j in enumerate(self.expert_at):
             if j is not None and self.is_cross[i] != ("cross" in config.attention_mode and not (n > 0 and j % n == 0)):
-                raise ValueError(
+                raise InputError(
                     f"Expert layer {j} sits beside VLM layer {i}, but one is a cross- and the other a self-attention "
                     f"layer: choose num_expert_layers and self_attn_every_n_layers so that they agree "
                     f"(LeRobot has the same constraint)."
@@ -693,7 +695,7 @@ class SmolVLAModel(nn.Module):
         for name, given in (("noise", noise), ("time", time)):
             if given is not None and given.shape[0] != targets.shape[0]:
                 rows = targets.shape[0]
-                raise ValueError(f"{name} has {given.shape[0]} rows; with noise_samples={K} it needs batch x {K} = {rows}.")
+                raise InputError(f"{name} has {given.shape[0]} rows; with noise_samples={K} it needs batch x {K} = {rows}.")
         if noise is None or time is None:
             drawn_noise, drawn_time = self.draw_flow_noise(targets.shape[0], actions.device)
             noise = drawn_noise if noise is None else noise
@@ -729,7 +731,7 @@ class SmolVLAModel(nn.Module):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         B = state.shape[0]
         if noise.shape[0] != B * samples:
-            raise ValueError(f"noise has {noise.shape[0]} rows; {B} observations x {samples} samples need {B * samples}.")
+            raise InputError(f"noise has {noise.shape[0]} rows; {B} observations x {samples} samples need {B * samples}.")
         prefix = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state)
 
         if use_cache:

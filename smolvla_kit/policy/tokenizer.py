@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from smolvla_kit.errors import InputError, MissingFile
+
 NANO_TOKENIZER_FILE = Path(__file__).with_name("nano_tokenizer.json")
 
 # Special tokens. The image ones carry SmolVLM's names so that `add_image_special_tokens`
@@ -111,7 +113,7 @@ class TextTokenizer:
         if self._fast is not None:
             self.pad_token_id = self._fast.token_to_id(PAD_TOKEN)
             if self.pad_token_id is None:
-                raise ValueError(f"Tokenizer {source!r} has no {PAD_TOKEN!r} token; the kit needs one for padding.")
+                raise InputError(f"Tokenizer {source!r} has no {PAD_TOKEN!r} token; the kit needs one for padding.")
         else:
             self.pad_token_id = self._hf.pad_token_id if self._hf.pad_token_id is not None else 0
 
@@ -124,13 +126,13 @@ class TextTokenizer:
         tid = self._fast.token_to_id(token) if self._fast is not None else self._hf.convert_tokens_to_ids(token)
         unk = None if self._fast is not None else self._hf.unk_token_id
         if tid is None or (unk is not None and tid == unk):
-            raise ValueError(f"Tokenizer {self.source!r} has no token {token!r}.")
+            raise InputError(f"Tokenizer {self.source!r} has no token {token!r}.")
         return int(tid)
 
     def __call__(self, texts: list[str], max_length: int, padding: str = "max_length") -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize, truncate to `max_length`, right-pad. Returns ids (B, L) long and mask (B, L) bool."""
         if padding not in ("max_length", "longest"):
-            raise ValueError(f"pad_language_to must be 'max_length' or 'longest', got {padding!r}")
+            raise InputError(f"pad_language_to must be 'max_length' or 'longest', got {padding!r}")
         if self._hf is not None:
             enc = self._hf(
                 texts, max_length=max_length, truncation=True, padding=padding,
@@ -163,7 +165,7 @@ def _load_hf_tokenizer(name_or_path: str):
 
     if os.path.isdir(name_or_path):
         if not any(os.path.isfile(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES):
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"The tokenizer folder {name_or_path} has none of {_TOKENIZER_FILES}: the tokenizer is missing. Copy "
                 f"the tokenizer files of the model it belongs to into it (e.g. from the SmolVLM2 Hub repository)."
             )

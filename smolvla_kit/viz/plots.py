@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.units import JOINT_NAMES
 from smolvla_kit.vocabulary import CONTROL_HZ
 
@@ -60,7 +61,7 @@ def plot_denoising(
     plt = _plt()
     traj = np.asarray(trajectory)
     if traj.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"plot_denoising wants one trajectory (num_steps + 1, chunk, A); got shape {traj.shape}. "
             f"Pick one batch element, e.g. trajectory[:, 0]."
         )
@@ -103,13 +104,13 @@ def plot_chunks_over_time(
     plt = _plt()
     chunks = [np.asarray(c, dtype=np.float64) for c in chunks]
     if not chunks:
-        raise ValueError("plot_chunks_over_time needs at least one chunk.")
+        raise InputError("plot_chunks_over_time needs at least one chunk.")
     if len(starts) != len(chunks):
-        raise ValueError(f"{len(chunks)} chunks but {len(starts)} start steps; give one start per chunk.")
+        raise InputError(f"{len(chunks)} chunks but {len(starts)} start steps; give one start per chunk.")
     dims = chunks[0].shape[-1]
     for k, c in enumerate(chunks):
         if c.ndim != 2 or c.shape[-1] != dims:
-            raise ValueError(f"chunk {k} has shape {c.shape}; every chunk must be (T, {dims}).")
+            raise InputError(f"chunk {k} has shape {c.shape}; every chunk must be (T, {dims}).")
     fig, axes = _joint_axes(dims)
     cmap = plt.get_cmap("tab10")
     for k, (chunk, start) in enumerate(zip(chunks, starts)):
@@ -209,10 +210,10 @@ def plot_attention_mask(
     plt = _plt()
     m = np.asarray(mask).astype(bool)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"mask must be square (N, N); got shape {m.shape}. Pick one batch element, e.g. mask[0].")
+        raise InputError(f"mask must be square (N, N); got shape {m.shape}. Pick one batch element, e.g. mask[0].")
     n = m.shape[0]
     if segments is not None and sum(c for _, c in segments) != n:
-        raise ValueError(f"segments {list(segments)} cover {sum(c for _, c in segments)} tokens; the mask has {n}.")
+        raise InputError(f"segments {list(segments)} cover {sum(c for _, c in segments)} tokens; the mask has {n}.")
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 6.5))
     else:
@@ -254,7 +255,7 @@ def plot_layer_interleave(
     n = len(is_cross)
     expert_at = list(expert_at) if expert_at is not None else list(range(n))
     if len(expert_at) != n:
-        raise ValueError(f"is_cross has {n} layers but expert_at has {len(expert_at)}.")
+        raise InputError(f"is_cross has {n} layers but expert_at has {len(expert_at)}.")
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n + 1.5), 2.4))
     self_c, cross_c, vlm_c = "#4c9f70", "#e6862a", "#7f8fa6"
     for i in range(n):

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import InputError
 from smolvla_kit.units import JOINT_NAMES, joints_to_radians
 
 from .plots import _plt
@@ -57,7 +58,7 @@ class CameraView:
         """World points (..., 3) -> pixel coordinates (..., 2) as (column, row); NaN for points behind the camera."""
         p = np.asarray(points, dtype=np.float64)
         if p.shape[-1] != 3:
-            raise ValueError(f"points must have 3 coordinates in the last axis (x, y, z in metres); got shape {p.shape}.")
+            raise InputError(f"points must have 3 coordinates in the last axis (x, y, z in metres); got shape {p.shape}.")
         cam = (p - self.position) @ self.rotation  # (..., 3): R^T (p - c), row-vector form
         depth = -cam[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,12 +74,12 @@ def _camera_id(model: Any, camera: str | int) -> int:
 
     if isinstance(camera, (int, np.integer)):
         if not 0 <= int(camera) < model.ncam:
-            raise ValueError(f"Camera index {camera} out of range; the model has {model.ncam} cameras.")
+            raise InputError(f"Camera index {camera} out of range; the model has {model.ncam} cameras.")
         return int(camera)
     cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
     if cam_id < 0:
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
-        raise ValueError(f"Unknown camera {camera!r}; the model has {names}.")
+        raise InputError(f"Unknown camera {camera!r}; the model has {names}.")
     return cam_id
 
 
@@ -91,9 +92,9 @@ def camera_view(model: Any, data: Any, camera: str | int, width: int, height: in
     """
     cam = _camera_id(model, camera)
     if int(model.cam_projection[cam]) != 0:
-        raise ValueError(f"Camera {camera!r} is orthographic; project_points handles perspective cameras only.")
+        raise InputError(f"Camera {camera!r} is orthographic; project_points handles perspective cameras only.")
     if np.any(model.cam_sensorsize[cam] > 0):
-        raise ValueError(
+        raise InputError(
             f"Camera {camera!r} is defined by sensor size and focal length (intrinsic parameters), which this "
             f"projection does not model; define it with fovy instead."
         )
@@ -129,13 +130,13 @@ def end_effector_positions(model: Any, data: Any, joints: Any, site: str = TIP_S
 
     q = np.asarray(joints, dtype=np.float64)
     if q.shape[-1] != len(JOINT_NAMES):
-        raise ValueError(
+        raise InputError(
             f"joints must end in {len(JOINT_NAMES)} values ({', '.join(JOINT_NAMES)}, degrees and gripper 0..100); "
             f"got shape {q.shape}. Crop padded action dims first."
         )
     site_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, site)
     if site_id < 0:
-        raise ValueError(f"Unknown site {site!r} in the model (the SO-101's fingertip is {TIP_SITE!r}).")
+        raise InputError(f"Unknown site {site!r} in the model (the SO-101's fingertip is {TIP_SITE!r}).")
     scratch = mujoco.MjData(model)
     scratch.qpos[:] = data.qpos
     scratch.mocap_pos[:] = data.mocap_pos
@@ -174,7 +175,7 @@ def data_at_state(model: Any, state: Any) -> Any:
     d = mujoco.MjData(model)
     state = np.asarray(state, dtype=np.float64)
     if state.shape != (len(JOINT_NAMES),):
-        raise ValueError(f"state must be ({len(JOINT_NAMES)},) in kit units; got shape {state.shape}.")
+        raise InputError(f"state must be ({len(JOINT_NAMES)},) in kit units; got shape {state.shape}.")
     d.qpos[_arm_qpos_addresses(model)] = joints_to_radians(state)
     mujoco.mj_forward(model, d)  # bodies, sites and camera poses (cam_xpos / cam_xmat)
     return d
@@ -189,7 +190,7 @@ def _check_paths(pixel_paths: Any) -> np.ndarray:
     if p.ndim == 2:
         p = p[None]
     if p.ndim != 3 or p.shape[-1] != 2:
-        raise ValueError(
+        raise InputError(
             f"pixel_paths must be (steps + 1, T, 2) (or one path (T, 2)) as project_chunk returns; got shape {p.shape}."
         )
     return p
@@ -223,7 +224,7 @@ def draw_denoising_paths(
     paths = _check_paths(pixel_paths)
     n = paths.shape[0]
     if step is not None and not 0 <= step < n:
-        raise ValueError(f"step must be in 0..{n - 1} for a trajectory of {n - 1} Euler steps; got {step}.")
+        raise InputError(f"step must be in 0..{n - 1} for a trajectory of {n - 1} Euler steps; got {step}.")
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 5))
     else:
@@ -264,16 +265,16 @@ def overlay_paths(
         colors: one matplotlib colour per path; light-to-dark viridis (noise to actions) when None.
         scale: upsample the image first (nearest neighbour) so thin lines stay readable on small images.
     """
-    from PIL import Image, ImageDraw
     from matplotlib.colors import to_rgb
+    from PIL import Image, ImageDraw
 
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8; got shape {img.shape} and dtype {img.dtype}.")
+        raise InputError(f"image must be (H, W, 3) uint8; got shape {img.shape} and dtype {img.dtype}.")
     paths = _check_paths(pixel_paths)
     colors = list(colors) if colors is not None else _step_colors(paths.shape[0])
     if len(colors) != paths.shape[0]:
-        raise ValueError(f"{len(colors)} colours for {paths.shape[0]} paths.")
+        raise InputError(f"{len(colors)} colours for {paths.shape[0]} paths.")
     canvas = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
     for path, color in zip(paths, colors):
@@ -324,7 +325,7 @@ class DenoisingPathsExplorer:
     def show(self, step: int) -> None:
         """Move to `step` (0 = pure noise, steps = final chunk)."""
         if not 0 <= step <= self.steps:
-            raise ValueError(f"step must be in 0..{self.steps}; got {step}.")
+            raise InputError(f"step must be in 0..{self.steps}; got {step}.")
         if step not in self._frames:
             from PIL import Image
 

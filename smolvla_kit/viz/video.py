@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla_kit.errors import InputError, MissingFile
+
 # An embedded video lives in the notebook file; refuse sizes that would make the notebook unpleasant to open.
 MAX_EMBED_BYTES = 50 * 2**20
 
@@ -28,16 +30,16 @@ def frames_to_mp4(frames: Any, fps: float = 30) -> bytes:
 
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3); got shape {arr.shape}.")
+        raise InputError(f"frames must be (T, H, W, 3); got shape {arr.shape}.")
     if arr.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 0..255 (as the simulator renders them); got dtype {arr.dtype}.")
+        raise InputError(f"frames must be uint8 0..255 (as the simulator renders them); got dtype {arr.dtype}.")
     if len(arr) == 0:
-        raise ValueError("frames is empty: nothing to make a video of.")
+        raise InputError("frames is empty: nothing to make a video of.")
     pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     if fps <= 0 or int(round(fps)) != fps:
-        raise ValueError(f"fps must be a positive whole number; got {fps}.")
+        raise InputError(f"fps must be a positive whole number; got {fps}.")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.mp4"
         encode_frames(path, arr, fps=int(fps))
@@ -60,12 +62,12 @@ def show_video(video: str | Path | Any, fps: float = 30, width: int | None = Non
     if isinstance(video, (str, Path)):
         path = Path(video)
         if not path.is_file():
-            raise FileNotFoundError(f"No video file at {path}; pass an existing .mp4 or a (T, H, W, 3) frame array.")
+            raise MissingFile(f"No video file at {path}; pass an existing .mp4 or a (T, H, W, 3) frame array.")
         data = path.read_bytes()
     else:
         data = frames_to_mp4(video, fps)
     if len(data) > MAX_EMBED_BYTES:
-        raise ValueError(
+        raise InputError(
             f"The video is {len(data) / 2**20:.0f} MiB, too big to embed in a notebook (limit "
             f"{MAX_EMBED_BYTES / 2**20:.0f} MiB); show fewer or smaller frames."
         )
