@@ -55,3 +55,52 @@ def test_nonsense_numbers_are_refused_before_anything_is_written(tmp_path, capsy
     assert err.startswith("error: ") and "Traceback" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_error_the_kit_defines_is_a_kit_error():
+    """What the CLI prints without a traceback is exactly the KitError family; each is also the built-in a Python
+    caller expects. ConnectionClosed is the only other: it is the client's signal that a socket ended."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import smolvla_kit
+    from smolvla_kit.errors import KitError
+
+    defined = {}
+    for info in pkgutil.walk_packages(smolvla_kit.__path__, "smolvla_kit."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
+                defined[f"{info.name}.{name}"] = obj
+    others = sorted(name for name, cls in defined.items() if not issubclass(cls, KitError))
+    assert others == ["smolvla_kit.deploy.protocol.ConnectionClosed"]
+    assert len(defined) >= 15
+    builtin = {name: cls for name, cls in defined.items() if issubclass(cls, KitError) and cls is not KitError}
+    assert all(any(issubclass(cls, b) for b in (ValueError, TypeError, KeyError, RuntimeError, OSError,
+                                                 FloatingPointError)) for cls in builtin.values())
+
+
+def test_a_kit_error_from_any_entry_point_gives_exit_2_and_its_message(tmp_path, capsys):
+    from smolvla_kit.data.__main__ import main as data_main
+    from smolvla_kit.deploy.server import run_server
+
+    assert data_main(["info", str(tmp_path / "nothing")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert run_server(["--checkpoint", str(tmp_path / "nope"), "--port", "0", "--idle-timeout-s", "0"]) == 2
+    assert "idle_timeout_s" in capsys.readouterr().err  # refused before the policy loads
+    assert main(["calibrate", "--port", str(tmp_path / "no-such-port")]) == 2
+    assert "no-such-port" in capsys.readouterr().err
+
+
+def test_an_unexpected_value_error_is_not_mistaken_for_bad_input(monkeypatch):
+    """Before, every ValueError printed as a one-line 'error:'; a bug's ValueError now keeps its traceback."""
+
+    def broken(cfg):
+        raise ValueError("a bug deep in numpy, say")
+
+    monkeypatch.setattr("smolvla_kit.evaluate.evaluate", broken)
+    with pytest.raises(ValueError, match="a bug deep"):
+        main(["eval", "--no-progress"])

@@ -28,7 +28,7 @@ import torch
 
 from smolvla_kit.errors import InputError, InputTypeError
 
-from ..vocabulary import ACTION_KEY, STATE_KEY
+from ..vocabulary import ACTION_KEY, STATE_KEY, CameraMismatch, match_cameras
 from .layout import INFO_PATH, DatasetError
 from .reader import DatasetMeta, LeRobotDatasetReader, require_finite
 from .video import probe_video
@@ -36,6 +36,10 @@ from .video import probe_video
 
 def _meta(dataset: LeRobotDatasetReader | DatasetMeta) -> DatasetMeta:
     return dataset.meta if isinstance(dataset, LeRobotDatasetReader) else dataset
+
+
+class CameraMapMismatch(CameraMismatch, DatasetError):
+    """A dataset's camera map does not cover the policy's cameras (a camera mismatch and a dataset error)."""
 
 
 def resolve_camera_map(
@@ -73,15 +77,9 @@ def resolve_camera_map(
             f"{available}."
         )
     if policy_camera_keys is not None:
-        missing = [k for k in policy_camera_keys if k not in camera_map]
-        extra = [k for k in camera_map if k not in policy_camera_keys]
-        if missing or extra:
-            raise DatasetError(
-                f"camera_map does not match the policy's cameras {list(policy_camera_keys)}: "
-                f"{'missing ' + str(missing) if missing else ''}{'; ' if missing and extra else ''}"
-                f"{'unknown ' + str(extra) if extra else ''}. Map every policy camera to one of the dataset's "
-                f"cameras {available} ({info})."
-            )
+        match_cameras(policy_camera_keys, camera_map, given_by="camera_map maps", expected_by="the policy has",
+                      hint=f"Map every policy camera to one of the dataset's cameras {available} ({info}).",
+                      error=CameraMapMismatch)
     return dict(camera_map)
 
 

@@ -33,12 +33,13 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from smolvla_kit.errors import InputError, KitError
+from smolvla_kit.errors import InputError, KitError, exit_code
 from smolvla_kit.robot.calibration import (
     Calibration,
     CalibrationError,
@@ -459,24 +460,21 @@ class SO101Follower:
         return safe.astype(np.float32)
 
 
-def run_calibrate(argv: Sequence[str] | None = None) -> int:
-    """Command line: calibrate an SO-101 follower interactively and save LeRobot's JSON (Enter to go on)."""
-    import argparse
+@dataclass
+class CalibrateConfig:
+    """Calibrate an SO-101 follower arm the way LeRobot does, writing LeRobot's calibration JSON."""
 
-    ap = argparse.ArgumentParser(
-        prog="smolvla-kit calibrate",
-        description="Calibrate an SO-101 follower arm the way LeRobot does, writing LeRobot's calibration JSON.",
-    )
-    ap.add_argument("--port", required=True, help="serial port of the arm (e.g. /dev/ttyACM0) or a virtual arm's pty")
-    ap.add_argument(
-        "--id",
-        default="so101",
-        help="arm id: the file is <LeRobot calibration dir>/robots/"
-        "so101_follower/<id>.json (or give a path ending in .json)",
-    )
-    args = ap.parse_args(argv)
-    robot = SO101Follower(args.port, args.id, handle_sigint=False)
-    print(f"Calibrating the SO-101 on {args.port}; torque is off while you move the joints.", flush=True)
+    port: str
+    """Serial port of the arm (e.g. /dev/ttyACM0) or a virtual arm's pty."""
+    id: str = "so101"
+    """Arm id: the file is <LeRobot calibration dir>/robots/so101_follower/<id>.json (or give a path ending in
+    .json)."""
+
+
+def calibrate_arm(cfg: CalibrateConfig) -> int:
+    """Calibrate interactively (Enter to go on) and print what was saved."""
+    robot = SO101Follower(cfg.port, cfg.id, handle_sigint=False)
+    print(f"Calibrating the SO-101 on {cfg.port}; torque is off while you move the joints.", flush=True)
     cal = robot.calibrate(CalibrationIO(live_table=False))
     print(f"Saved {robot.calibration_path()}:")
     for name, c in cal.items():
@@ -484,4 +482,16 @@ def run_calibrate(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["RobotError", "SO101Follower", "apply_safety", "run_calibrate"]
+def run_calibrate(argv: Sequence[str] | None = None) -> int:
+    """Command line: `smolvla-kit calibrate --port PORT [--id ID]`."""
+    import argparse
+
+    from smolvla_kit.flags import add_dataclass_arguments, explicit_values
+
+    ap = argparse.ArgumentParser(prog="smolvla-kit calibrate", description=CalibrateConfig.__doc__)
+    add_dataclass_arguments(ap, CalibrateConfig)
+    args = ap.parse_args(argv)
+    return exit_code(lambda: calibrate_arm(CalibrateConfig(**explicit_values(args, CalibrateConfig))))
+
+
+__all__ = ["CalibrateConfig", "RobotError", "SO101Follower", "apply_safety", "calibrate_arm", "run_calibrate"]

@@ -33,10 +33,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from smolvla_kit.errors import exit_code
+from smolvla_kit.flags import add_dataclass_arguments, explicit_values
 from smolvla_kit.robot.backends import FirstOrderServoBackend, MujocoBackend, ServoBackend
 from smolvla_kit.robot.calibration import HALF_TURN, MAX_RES, MotorCalibration, save_calibration
 from smolvla_kit.robot.cameras import DEFAULT_IMAGE_SIZE, CameraConfig, CameraError, OpenCVCamera
@@ -641,46 +643,42 @@ class VirtualCamera(OpenCVCamera):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_virtual_arm(argv: Sequence[str] | None = None) -> int:
-    """Serve a virtual SO-101 on a pty until Ctrl-C; print the port path to open."""
-    ap = argparse.ArgumentParser(
-        prog="smolvla-kit virtual-arm",
-        description="Emulate an SO-101 follower (six Feetech STS3215 servos) on a pseudo-terminal.",
-    )
-    ap.add_argument(
-        "--backend",
-        choices=["first-order", "mujoco"],
-        default="first-order",
-        help="physics behind the servos: a fast first-order servo model, or the kit's MuJoCo SO-101",
-    )
-    ap.add_argument("--task", default="reach", help="simulator task for --backend mujoco")
-    ap.add_argument(
-        "--write-calibration",
-        metavar="ID",
-        default=None,
-        help="save the virtual arm's calibration as LeRobot JSON for arm id ID, so "
-        "SO101Follower(port, calibration=ID) connects without calibrating",
-    )
-    ap.add_argument("--drop-rate", type=float, default=0.0, help="probability of dropping each reply")
-    ap.add_argument("--corrupt-rate", type=float, default=0.0, help="probability of a bad checksum on each reply")
-    ap.add_argument("--dead-motor", type=int, action="append", default=[], help="ID of a motor that never answers")
-    args = ap.parse_args(argv)
+@dataclass
+class VirtualArmConfig:
+    """Emulate an SO-101 follower (six Feetech STS3215 servos) on a pseudo-terminal."""
 
-    backend = MujocoBackend.from_sim(task=args.task) if args.backend == "mujoco" else FirstOrderServoBackend()
+    backend: Literal["first-order", "mujoco"] = "first-order"
+    """Physics behind the servos: a fast first-order servo model, or the kit's MuJoCo SO-101."""
+    task: str = "reach"
+    """Simulator task, for the mujoco backend."""
+    write_calibration: str | None = None
+    """Save the virtual arm's calibration as LeRobot JSON under this arm id, so SO101Follower(port, calibration=ID)
+    connects without calibrating."""
+    drop_rate: float = 0.0
+    """Probability of dropping each reply."""
+    corrupt_rate: float = 0.0
+    """Probability of a bad checksum on each reply."""
+    dead_motor: list[int] = field(default_factory=list, metadata={"repeat": True})
+    """ID of a motor that never answers (repeat the flag for several)."""
+
+
+def serve_virtual_arm(cfg: VirtualArmConfig) -> int:
+    """Serve a virtual SO-101 on a pty until Ctrl-C; print the port path to open (the only line on stdout)."""
+    backend = MujocoBackend.from_sim(task=cfg.task) if cfg.backend == "mujoco" else FirstOrderServoBackend()
     faults = FaultConfig(
-        drop_reply_prob=args.drop_rate, corrupt_reply_prob=args.corrupt_rate, dead_ids=frozenset(args.dead_motor)
+        drop_reply_prob=cfg.drop_rate, corrupt_reply_prob=cfg.corrupt_rate, dead_ids=frozenset(cfg.dead_motor)
     )
     arm = VirtualSO101(backend=backend, faults=faults)
-    if args.write_calibration:
+    if cfg.write_calibration:
         from smolvla_kit.robot.calibration import default_calibration_path
 
         calibration = arm.ideal_calibration()
         arm.store_calibration(calibration)  # in the servos, as on a calibrated arm, and in LeRobot's file
-        path = save_calibration(calibration, default_calibration_path(args.write_calibration))
-        print(f"calibration for id '{args.write_calibration}' written to {path}", file=sys.stderr, flush=True)
+        path = save_calibration(calibration, default_calibration_path(cfg.write_calibration))
+        print(f"calibration for id '{cfg.write_calibration}' written to {path}", file=sys.stderr, flush=True)
     arm.start()
     print(arm.port, flush=True)  # the only line on stdout: the path to open, for scripts
-    print(f"virtual SO-101 ({args.backend} backend) serving on {arm.port}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    print(f"virtual SO-101 ({cfg.backend} backend) serving on {arm.port}; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(0.5)
@@ -689,6 +687,14 @@ def run_virtual_arm(argv: Sequence[str] | None = None) -> int:
     finally:
         arm.close()
     return 0
+
+
+def run_virtual_arm(argv: Sequence[str] | None = None) -> int:
+    """Command line: `smolvla-kit virtual-arm [--backend mujoco] [--write-calibration ID]`."""
+    ap = argparse.ArgumentParser(prog="smolvla-kit virtual-arm", description=VirtualArmConfig.__doc__)
+    add_dataclass_arguments(ap, VirtualArmConfig)
+    args = ap.parse_args(argv)
+    return exit_code(lambda: serve_virtual_arm(VirtualArmConfig(**explicit_values(args, VirtualArmConfig))))
 
 
 if __name__ == "__main__":
