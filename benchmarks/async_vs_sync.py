@@ -2,7 +2,7 @@
 
     python benchmarks/async_vs_sync.py --checkpoint outputs/train/nano/checkpoints/last --latency-ms 0 100 300
 
-For each added latency a policy server process is started (`smolvla_kit.deploy.server`, one torch thread), and
+For each added latency a policy server process is started (`smolvla-kit policy-server`, one torch thread), and
 the robot client drives the simulator (`SimRobot`) through the same loop `smolvla-kit deploy` uses, paced to the
 wall clock at 30 Hz: a tick without an action (waiting for the policy) still lets 1/30 s of physics pass with the
 arm holding its goal, as a real arm stands still. The latency the robot sees is the policy's real compute plus

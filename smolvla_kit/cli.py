@@ -108,7 +108,8 @@ def _cmd_data(argv: list[str]) -> int:
     return int(data_main(argv) or 0)
 
 
-# Commands with parsers of their own, in the modules that implement them.
+# Commands whose parsers live beside their code (built from its dataclasses), so that the module, a notebook and
+# `smolvla-kit` run the same entry point.
 _PASSTHROUGH = {
     "virtual-arm": _cmd_virtual_arm,
     "calibrate": _cmd_calibrate,
