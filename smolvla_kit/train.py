@@ -631,23 +631,26 @@ def train_step(
     return {"loss": loss_all.item(), "lr": lr, "grad_norm": float(grad_norm)}
 
 
-def _train(
-    cfg: TrainConfig, procs: Processes, device: torch.device, on_log: Callable[[dict[str, float]], None] | None
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+@dataclass
+class _PreparedRun:
+    """What the training loop starts from: the data, the policy with its optimiser and weight average, and where a
+    resumed run stopped."""
 
+    reader: Any  # LeRobotDatasetReader
+    policy: Any  # SmolVLAPolicy
+    model: torch.nn.Module  # what computes the loss: the policy, or it wrapped for DDP or compiled
+    optimizer: torch.optim.Optimizer
+    ema: WeightAverage | None
+    batches: StepBatches
+    start: int  # the first step to take
+    dataset_info: dict[str, Any]  # recorded with each checkpoint
+    launch: dict[str, Any]  # processes, batch per process, device: recorded too
+
+
+def _prepare_run(cfg: TrainConfig, procs: Processes, device: torch.device, run: Path) -> _PreparedRun:
+    """Open the dataset, start (or resume) the policy and check it fits the data, and build the optimiser, the
+    weight average and the step batches."""
     from smolvla_kit.data import ChunkDataset, LeRobotDatasetReader, check_features
-
-    cfg = cfg.resolved(device)
-    if cfg.batch_size % procs.world:
-        raise InputError(
-            f"batch_size {cfg.batch_size} does not split evenly among {procs.world} processes: choose a multiple of "
-            f"{procs.world} (it is the whole step's batch; each process takes batch_size / {procs.world})."
-        )
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // procs.local_world))
 
     # The policy: a run's last checkpoint (resuming it), given weights, or a fresh preset.
     reader = LeRobotDatasetReader(cfg.dataset)
@@ -693,6 +696,28 @@ def _train(
         warmup_pool=data.indices_before_frame(cfg.camera_warmup_frames) if cfg.camera_warmup_steps > 0 else None,
         mean_state=torch.as_tensor(data_stats[STATE_KEY]["mean"]),  # (state_dim,)
     )
+    return _PreparedRun(reader, policy, model, optimizer, ema, batches, start, dataset_info, launch)
+
+
+def _train(
+    cfg: TrainConfig, procs: Processes, device: torch.device, on_log: Callable[[dict[str, float]], None] | None
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    cfg = cfg.resolved(device)
+    if cfg.batch_size % procs.world:
+        raise InputError(
+            f"batch_size {cfg.batch_size} does not split evenly among {procs.world} processes: choose a multiple of "
+            f"{procs.world} (it is the whole step's batch; each process takes batch_size / {procs.world})."
+        )
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // procs.local_world))
+
+    prepared = _prepare_run(cfg, procs, device, run)
+    policy, optimizer, ema, start = prepared.policy, prepared.optimizer, prepared.ema, prepared.start
+    reader, dataset_info, launch = prepared.reader, prepared.dataset_info, prepared.launch
 
     log_path = run / "loss.csv"
     elapsed_before = _elapsed_at(log_path, start)
@@ -701,15 +726,15 @@ def _train(
     step = last_saved = start
     recent: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (cfg.progress and procs.main))
-    coming = iter(batches.loader(cfg.loader_workers, pin_memory=device.type == "cuda"))
+    coming = iter(prepared.batches.loader(cfg.loader_workers, pin_memory=device.type == "cuda"))
     try:
         while step < min(cfg.steps, cfg.stop_at or cfg.steps):
             if cfg.max_minutes is not None:  # every process stops at the same step: the first to run out decides
                 over = elapsed_before + time.perf_counter() - t0 > 60 * cfg.max_minutes
                 if _all_sum(torch.tensor([float(over)], device=device), procs).item() > 0:
                     break
-            batch = batches.hide_state(next(coming), step)
-            result = train_step(step, batch, policy, optimizer, cfg, model, procs)
+            batch = prepared.batches.hide_state(next(coming), step)
+            result = train_step(step, batch, policy, optimizer, cfg, prepared.model, procs)
             if ema is not None:  # the average restarts when the camera warm-up ends
                 ema.update(step - cfg.camera_warmup_steps if step >= cfg.camera_warmup_steps else step)
             step += 1
