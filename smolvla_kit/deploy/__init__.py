@@ -4,22 +4,26 @@ Modules, in reading order:
 
 * `protocol` - the wire format: framed msgpack with numpy arrays as raw bytes (never pickle), size limits.
 * `actions`  - the timestamped action queue, the send threshold and the four aggregation functions.
-* `service`  - what the policy server does with a message: handshake checks, similarity filter, inference.
-* `server`   - the TCP policy server (one client at a time) and a helper that starts it as a process.
+* `service`  - what the policy server does with a message: handshake checks, similarity filter, inference;
+               `ServeConfig`, which policy serves and how.
+* `server`   - the TCP policy server (one client at a time, `ServerConfig`) and a helper that starts it as a
+               process.
 * `client`   - the robot client's control loop (sync and async on one code path) and its links to the policy.
 * `robots`   - the simulator as a robot (benchmarks) and the virtual SO-101 with rendered cameras.
-* `run`      - `smolvla-kit deploy`.
+* `run`      - `smolvla-kit deploy`: `DeployConfig` and `deploy()`.
 """
 
 from smolvla_kit.deploy.actions import AGGREGATORS, ActionQueue, should_send
 from smolvla_kit.deploy.client import ClientConfig, LocalPolicy, PolicyServerError, RemotePolicy, RobotClient
 from smolvla_kit.deploy.protocol import PROTOCOL_VERSION, ProtocolError
-from smolvla_kit.deploy.service import PolicyService
+from smolvla_kit.deploy.run import DeployConfig, deploy
+from smolvla_kit.deploy.service import PolicyService, ServeConfig
 
 __all__ = [
     "AGGREGATORS",
     "ActionQueue",
     "ClientConfig",
+    "DeployConfig",
     "LocalPolicy",
     "PROTOCOL_VERSION",
     "PolicyServerError",
@@ -27,5 +31,7 @@ __all__ = [
     "ProtocolError",
     "RemotePolicy",
     "RobotClient",
+    "ServeConfig",
+    "deploy",
     "should_send",
 ]
