@@ -63,6 +63,11 @@ def test_deploy_refuses_bad_arguments_clearly(nano_checkpoint, tmp_path, capsys)
                "--log-level", "ERROR"])
     assert rc == 2
     assert "/dev/does-not-exist" in capsys.readouterr().err
+    for flags, message in ((["--server", "localhost"], "is not HOST:PORT"),
+                           (["--max-relative-target", "abc"], "give degrees"),
+                           (["--episodes", "0"], "--episodes must be >= 1")):
+        assert main(["--port", "virtual", "--checkpoint", str(nano_checkpoint), *flags]) == 2
+        assert message in capsys.readouterr().err  # refused before an arm or a policy is started
 
 
 def test_ctrl_c_during_an_episode_turns_torque_off(nano_checkpoint):

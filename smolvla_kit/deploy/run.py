@@ -101,6 +101,8 @@ class DeployConfig:
         if self.port != "virtual" and not self.task:
             raise InputError("--task is required on a real arm (the instruction the policy follows)")
         _parse_max_relative_target(self.max_relative_target)
+        if self.server is not None and not self.server.rpartition(":")[2].isdigit():
+            raise InputError(f"--server {self.server!r} is not HOST:PORT (e.g. 192.168.1.20:8765)")
 
 
 # The policy's settings a deploy takes from ServeConfig: `seed` there would clash with the scene seed, and
@@ -182,8 +184,6 @@ def deploy(cfg: DeployConfig, serve: ServeConfig, client_cfg: ClientConfig | Non
         # -- the policy -------------------------------------------------------------------------------------------
         if cfg.server:
             host, _, port = cfg.server.rpartition(":")
-            if not port.isdigit():
-                raise InputError(f"--server {cfg.server!r} is not HOST:PORT (e.g. 192.168.1.20:8765)")
             link = RemotePolicy(host or "127.0.0.1", int(port))
         elif cfg.async_mode:
             server = start_server_process(**asdict(serve), log_level=cfg.log_level)
