@@ -57,7 +57,7 @@ def exit_code(command: Callable[[], int | None]) -> int:
     try:
         return int(command() or 0)
     except KeyboardInterrupt:
-        print("\ninterrupted: everything finished before this point is saved; re-run the command to resume.",
+        print("\ninterrupted: what finished before this point is kept; collect and train resume when run again.",
               file=sys.stderr)
         return 130
     except KitError as err:

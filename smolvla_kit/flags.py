@@ -75,8 +75,8 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = (), prefix: str = "",
-                            keep_defaults: bool = True) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                            skip: tuple[str, ...] = (), prefix: str = "", keep_defaults: bool = True) -> None:
     """One `--flag` per dataclass field (snake_case -> kebab-case, after `prefix`), defaults and help from the class,
     on a parser or one of its argument groups.
 
@@ -104,10 +104,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         elif is_bool:
             parser.add_argument(_flag(f, prefix), dest=dest, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.metadata.get("repeat"):
+            if keep_defaults:  # argparse would append to the default list itself: explicit_values fills it in
+                kwargs["default"] = None
             item = typing.get_args(hints[f.name])[0]
             parser.add_argument(_flag(f, prefix), dest=dest, type=item, action="append", required=required, **kwargs)
-            if keep_defaults:  # argparse appends to the default list itself: start from a fresh empty one
-                parser.set_defaults(**{dest: None})
         else:
             parser.add_argument(_flag(f, prefix), dest=dest, type=convert, choices=choices, required=required,
                                 **kwargs)
