@@ -270,7 +270,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
             ) as bar:
                 for rec in pool.imap(_run_episode, todo, chunksize=1):
                     if rec is None:
-                        raise RuntimeError(
+                        raise InputError(
                             f"The scripted expert failed {cfg.max_attempts} times in a row on one episode; "
                             f"the task settings (task={cfg.task}, num_cubes={cfg.num_cubes}) may be unsolvable."
                         )

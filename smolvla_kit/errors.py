@@ -40,6 +40,14 @@ class MissingKey(KitError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class HubError(KitError, OSError):
+    """The Hugging Face Hub could not give what was asked (offline and not cached, not found, not allowed)."""
+
+
+class Unsupported(KitError, NotImplementedError):
+    """A checkpoint or setting uses something the kit does not implement."""
+
+
 class NonFinite(KitError, FloatingPointError):
     """NaN or infinity where a number is needed (a loss, an action, a weight, a statistic)."""
 
@@ -69,5 +77,5 @@ def exit_code(command: Callable[[], int | None]) -> int:
         return 2
 
 
-__all__ = ["CameraMismatch", "InputError", "InputTypeError", "KitError", "MissingFile", "MissingKey", "NonFinite",
-           "exit_code"]
+__all__ = ["CameraMismatch", "HubError", "InputError", "InputTypeError", "KitError", "MissingFile", "MissingKey",
+           "NonFinite", "Unsupported", "exit_code"]

@@ -113,11 +113,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
                                 **kwargs)
 
 
-def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "", skip: tuple[str, ...] = ()
+                    ) -> dict[str, Any]:
     """The fields of `cls` in the parsed namespace, by field name: all of them, or with `keep_defaults=False` only
-    those given on the command line."""
+    those given on the command line. `skip` must match what `add_dataclass_arguments` skipped: another dataclass
+    may have put a flag of the same name in the namespace."""
     values = {}
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         dest = (prefix + f.name).replace("-", "_")
         if hasattr(args, dest):
             value = getattr(args, dest)

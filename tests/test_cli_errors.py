@@ -95,6 +95,24 @@ def test_a_kit_error_from_any_entry_point_gives_exit_2_and_its_message(tmp_path,
     assert "no-such-port" in capsys.readouterr().err
 
 
+def test_the_hub_out_of_reach_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    assert main(["eval", "--checkpoint", "someone/some_policy", "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'someone/some_policy'" in err and "not reachable" in err and "Traceback" not in err
+
+
+def test_the_policy_server_module_runs_on_its_own(tmp_path):
+    """`python -m smolvla_kit.deploy.server` is the same command as `smolvla-kit policy-server`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "smolvla_kit.deploy.server", "--checkpoint", str(tmp_path / "nope"),
+                           "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not a checkpoint folder" in done.stderr, done.stderr
+
+
 def test_an_unexpected_value_error_is_not_mistaken_for_bad_input(monkeypatch):
     """Before, every ValueError printed as a one-line 'error:'; a bug's ValueError now keeps its traceback."""
 

@@ -66,6 +66,16 @@ def test_deploy_takes_the_policy_and_client_settings_from_their_own_dataclasses(
     assert flags == {}
 
 
+def test_a_deploy_flag_reaches_only_the_settings_it_belongs_to():
+    """--seed is the scene's and --n-action-steps the client's: neither may also reach the served policy."""
+    from smolvla_kit.deploy.run import parse_args
+
+    cfg, serve, client = parse_args(["--port", "virtual", "--checkpoint", "kit:nano-pick-place", "--seed", "7",
+                                     "--n-action-steps", "60", "--samples-per-chunk", "2", "--async"])
+    assert (cfg.seed, client.n_action_steps, client.mode) == (7, 60, "async")
+    assert (serve.seed, serve.n_action_steps, serve.samples_per_chunk) == (None, None, 2)
+
+
 def test_no_command_writes_its_flags_by_hand():
     """add_argument is called in flags.py alone, and for the CLI's --recipe (a choice among recipes, not a field)."""
     calls = []

@@ -135,7 +135,7 @@ def should_send(queue_len: int, chunk_size: int, threshold: float) -> bool:
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"chunk_size_threshold must be in [0, 1], got {threshold}")
     if chunk_size <= 0:
-        raise InputError(f"chunk_size must be > 0, got {chunk_size}")
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     return queue_len / chunk_size <= threshold
 
 

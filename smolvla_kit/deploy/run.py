@@ -132,16 +132,23 @@ def _color_from_task(task: str, colors: Sequence[str]) -> str:
     return found[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`smolvla-kit deploy ...`; returns the exit code (0 done, 2 refused or stopped with the reason, 130 Ctrl-C)."""
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DeployConfig, ServeConfig, ClientConfig]:
+    """`smolvla-kit deploy`'s flags -> the three settings objects `deploy` takes."""
     from smolvla_kit.deploy.client import ClientConfig
     from smolvla_kit.deploy.service import ServeConfig
 
     args = build_parser().parse_args(argv)
     cfg = DeployConfig(**explicit_values(args, DeployConfig))
-    serve = ServeConfig(**explicit_values(args, ServeConfig))
-    client = ClientConfig(mode="async" if cfg.async_mode else "sync", **explicit_values(args, ClientConfig))
-    return exit_code(lambda: deploy(cfg, serve, client))
+    serve = ServeConfig(**explicit_values(args, ServeConfig, skip=_SERVE_SKIP))
+    client = ClientConfig(mode="async" if cfg.async_mode else "sync",
+                          **explicit_values(args, ClientConfig, skip=_CLIENT_SKIP))
+    return cfg, serve, client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`smolvla-kit deploy ...`; returns the exit code (0 done, 2 refused or stopped with the reason, 130 Ctrl-C)."""
+    settings = parse_args(argv)
+    return exit_code(lambda: deploy(*settings))
 
 
 def deploy(cfg: DeployConfig, serve: ServeConfig, client_cfg: ClientConfig | None = None) -> int:
@@ -257,7 +264,7 @@ def _wait_for_reset(reset_time_s: float | None) -> None:
         time.sleep(reset_time_s)
 
 
-__all__ = ["DeployConfig", "build_parser", "deploy", "main"]
+__all__ = ["DeployConfig", "build_parser", "deploy", "main", "parse_args"]
 
 
 if __name__ == "__main__":

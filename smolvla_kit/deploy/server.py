@@ -306,14 +306,18 @@ def serve(serve_cfg: ServeConfig, net: ServerConfig) -> int:
     service = serve_cfg.service()
     server = PolicyServer(service, net.host, net.port, max_bytes=int(net.max_message_mb * 2**20),
                           hello_timeout_s=net.hello_timeout_s, idle_timeout_s=net.idle_timeout_s, token=token)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly (closing the socket) when terminated
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:  # stop cleanly (closing the socket) when terminated
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"{READY_LINE} {server.host} {server.port}", flush=True)
     log.info("serving %s on %s:%d", serve_cfg.checkpoint, server.host, server.port)
     try:
         server.serve_forever(once=net.once)
     except KeyboardInterrupt:
         pass
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -322,3 +326,7 @@ def run_server(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return exit_code(lambda: serve(ServeConfig(**explicit_values(args, ServeConfig)),
                                    ServerConfig(**explicit_values(args, ServerConfig))))
+
+
+if __name__ == "__main__":
+    sys.exit(run_server())

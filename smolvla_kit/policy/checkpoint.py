@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 from safetensors.torch import load_file, save_file
 
-from smolvla_kit.errors import InputError, MissingFile, MissingKey
+from smolvla_kit.errors import HubError, InputError, MissingFile, MissingKey, Unsupported
 
 from ..vocabulary import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 from .config import SMOLVLM2_500M_CONFIG, SMOLVLM2_500M_ID, SmolVLAConfig
@@ -52,11 +52,11 @@ def is_hub_offline() -> bool:
         return True
 
 
-def hub_offline_error(repo_id: str, what: str = "checkpoint") -> OSError:
+def hub_offline_error(repo_id: str, what: str = "checkpoint") -> HubError:
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
     )
-    return OSError(
+    return HubError(
         f"Cannot load the {what} {repo_id!r}: the Hugging Face Hub is not reachable (no network, or HF_HUB_OFFLINE=1) "
         f"and it is not in the local cache ({cache}). On a machine with network run "
         f"`huggingface-cli download {repo_id} --local-dir <folder>` and copy <folder> here, then pass that folder "
@@ -90,7 +90,13 @@ def resolve_folder(path_or_id: str | Path) -> Path:
             return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
         except Exception as exc:  # noqa: BLE001 - replaced by a clearer message
             raise hub_offline_error(repo_id) from exc
-    return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - the Hub's errors (not found, gated, network) as one clear message
+        raise HubError(
+            f"Could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). Check the id "
+            f"on huggingface.co, the network, and for a gated model `huggingface-cli login`; or pass a local folder."
+        ) from exc
 
 
 # =============================================================================================
@@ -260,9 +266,9 @@ _SAME_FIELDS = [
 def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[SmolVLAConfig, dict]:
     """Map a LeRobot SmolVLA config.json (and its processor json) onto a `SmolVLAConfig`."""
     if raw.get("adapt_to_pi_aloha") or raw.get("use_delta_joint_actions_aloha"):
-        raise NotImplementedError("adapt_to_pi_aloha / use_delta_joint_actions_aloha checkpoints are not supported by the kit.")
+        raise Unsupported("adapt_to_pi_aloha / use_delta_joint_actions_aloha checkpoints are not supported by the kit.")
     if raw.get("n_obs_steps", 1) != 1:
-        raise NotImplementedError(f"n_obs_steps={raw['n_obs_steps']} is not supported (SmolVLA uses 1).")
+        raise Unsupported(f"n_obs_steps={raw['n_obs_steps']} is not supported (SmolVLA uses 1).")
     values: dict[str, Any] = {k: raw[k] for k in _SAME_FIELDS if k in raw}
     inputs = raw.get("input_features") or {}
     outputs = raw.get("output_features") or {}
@@ -286,7 +292,7 @@ def lerobot_config_to_kit(raw: dict, folder: Path, overrides: dict) -> tuple[Smo
     resize = raw.get("resize_imgs_with_padding")
     if resize:
         if int(resize[0]) != int(resize[1]):
-            raise NotImplementedError(f"Non-square resize_imgs_with_padding {resize} is not supported.")
+            raise Unsupported(f"Non-square resize_imgs_with_padding {resize} is not supported.")
         values["image_size"] = int(resize[0])
     else:
         values["resize_imgs_with_padding"] = False

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from smolvla_kit.errors import InputError, MissingFile
+from smolvla_kit.errors import HubError, InputError, MissingFile
 
 NANO_TOKENIZER_FILE = Path(__file__).with_name("nano_tokenizer.json")
 
@@ -180,7 +180,7 @@ def _load_hf_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as exc:  # noqa: BLE001
-        raise OSError(
+        raise HubError(
             f"Could not load the tokenizer {name_or_path!r} from the Hugging Face Hub ({exc}). "
             f"Download it on a machine with network access (`huggingface-cli download {name_or_path}`) and "
             f"either copy the Hub cache here or pass the local folder as the tokenizer path."
