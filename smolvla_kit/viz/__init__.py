@@ -58,5 +58,6 @@ __all__ = [
     "plot_vector_field",
     "project_chunk",
     "project_points",
+    "show_video",
     "save_figure",
 ]
