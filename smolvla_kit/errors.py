@@ -1,4 +1,5 @@
-"""The kit's own errors: what the user gave or has is wrong, and the message says which file, key or value, and what to do.
+"""The kit's own errors: what the user gave or has is wrong; the message says which file, key or value, and what
+to do.
 
 Every error the kit raises on purpose is a :class:`KitError`. The command line prints a KitError's message alone and
 exits with 2; any other exception is a bug (or something the kit did not foresee) and keeps its traceback.

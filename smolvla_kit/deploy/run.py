@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     from smolvla_kit.deploy.service import ServeConfig
 
     ap = argparse.ArgumentParser(prog="smolvla-kit deploy", description=DeployConfig.__doc__,
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(ap.add_argument_group("the arm and the episodes"), DeployConfig)
     add_dataclass_arguments(ap.add_argument_group("the policy"), ServeConfig, skip=_SERVE_SKIP)
     add_dataclass_arguments(ap.add_argument_group("the robot loop"), ClientConfig, skip=_CLIENT_SKIP)
